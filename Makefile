@@ -1,0 +1,48 @@
+# Two commands on a fresh machine: `make run` and `make test`. Everything else is set up here.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+RUNTIME_STAMP := $(VENV)/.runtime-installed
+DEV_STAMP := $(VENV)/.dev-installed
+# The suite's second database; PostgreSQL's own `postgres` database is only used to create
+# and drop the throwaway `test_postgres` one.
+POSTGRES_TEST_URL ?= postgres://postgres@127.0.0.1:5432/postgres
+
+.PHONY: setup migrate run test test-postgres check clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+$(RUNTIME_STAMP): requirements.txt | $(PY)
+	$(PY) -m pip install --quiet -r requirements.txt
+	touch $@
+
+$(DEV_STAMP): requirements.txt requirements-dev.txt | $(PY)
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	touch $(RUNTIME_STAMP) $@
+
+setup: $(RUNTIME_STAMP)
+
+migrate: setup
+	$(PY) manage.py migrate --noinput
+
+# Serves on SERVER_HOST:SERVER_PORT (127.0.0.1:5601) through uvicorn, as the Docker image does.
+run: migrate
+	$(PY) manage.py serve
+
+# The whole suite on SQLite: needs nothing but Python.
+test: $(DEV_STAMP)
+	$(PY) -m pytest
+
+# The whole suite again on PostgreSQL (CI runs both; see .ci/run).
+test-postgres: $(DEV_STAMP)
+	DATABASE_URL=$(POSTGRES_TEST_URL) $(PY) -m pytest
+
+check: $(DEV_STAMP)
+	$(PY) manage.py check
+	$(PY) manage.py makemigrations --check --dry-run
+	$(PY) manage.py spectacular --validate --fail-on-warn --file /dev/null
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,223 @@
+"""HTTP only: validate with a serializer, call one service or selector, shape the output.
+
+The chat view is async (adrf): it waits on upstream for seconds and must not hold a thread
+while it does. The session views are quick database reads and writes, so they stay sync.
+"""
+
+from adrf.views import APIView as AsyncAPIView
+from django.db.models import QuerySet
+from django.utils.translation import gettext as _
+from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
+from rest_framework import serializers, status
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from chat import selectors, services
+from chat.models import ApiKey
+from chat.pagination import ApiPagination
+from chat.upstreams import upstream_choose
+from chat.serializers import (
+    UPSTREAM_KEY_HEADER,
+    ApiKeySerializer,
+    ChatRequestSerializer,
+    ChatResponseSerializer,
+    ErrorSerializer,
+    MessageSerializer,
+    SessionCreateSerializer,
+    SessionSerializer,
+    SessionUpdateSerializer,
+    UsageQuerySerializer,
+    UsageRecordSerializer,
+    UsageReportSerializer,
+)
+from llmserver.errors import ScopeMissing
+
+
+def _errors(*statuses: int) -> dict[int, OpenApiResponse]:
+    return {code: OpenApiResponse(ErrorSerializer, description="The one error shape.") for code in statuses}
+
+
+def _page_of(name: str, item: type[serializers.Serializer]) -> serializers.Serializer:
+    return inline_serializer(
+        name=name,
+        fields={
+            "count": serializers.IntegerField(),
+            "next": serializers.URLField(allow_null=True),
+            "previous": serializers.URLField(allow_null=True),
+            "results": item(many=True),
+        },
+    )
+
+
+def _page(
+    request: Request, view: APIView, queryset: QuerySet, serializer_class: type[serializers.Serializer]
+) -> Response:
+    """One page of `queryset` in the list shape (count, next, previous, results)."""
+    paginator = ApiPagination()
+    page = paginator.paginate_queryset(queryset, request, view=view)
+    return paginator.get_paginated_response(serializer_class(page, many=True).data)
+
+
+class ChatView(AsyncAPIView):
+    @extend_schema(
+        operation_id="chat",
+        summary="Send one message; the server builds the prompt from the stored session.",
+        request=ChatRequestSerializer,
+        responses={200: ChatResponseSerializer, **_errors(400, 401, 409, 413, 429, 502, 503, 504)},
+    )
+    async def post(self, request: Request) -> Response:
+        serializer = ChatRequestSerializer(
+            data=request.data, context={"upstream_key_header": request.headers.get(UPSTREAM_KEY_HEADER, "")}
+        )
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        upstream = await upstream_choose(
+            api_key=request.auth, user_key=data["upstream_key"], free_mode=data["free_mode"]
+        )
+        result = await services.chat_turn_run(
+            api_key=request.auth,
+            upstream=upstream,
+            turn=services.ChatTurnInput(
+                user_message=data["user_message"],
+                session_id=data["session_id"],
+                system_prompt=data["role"],
+                model=data["model"],
+                max_tokens=data["max_tokens"],
+                temperature=data["temperature"],
+                memory_context=data["memory_context"],
+                conversation_history=data["conversation_history"],
+            ),
+        )
+        return Response(ChatResponseSerializer(result).data)
+
+
+class SessionListView(APIView):
+    @extend_schema(
+        operation_id="sessions_list",
+        summary="Your sessions, newest first.",
+        responses={200: _page_of("SessionPage", SessionSerializer), **_errors(401, 404)},
+    )
+    def get(self, request: Request) -> Response:
+        return _page(request, self, selectors.session_list(api_key=request.auth), SessionSerializer)
+
+    @extend_schema(
+        operation_id="sessions_create",
+        summary="Start a session, optionally with your own id, persona and memory.",
+        request=SessionCreateSerializer,
+        responses={201: SessionSerializer, **_errors(400, 401, 409, 413)},
+    )
+    def post(self, request: Request) -> Response:
+        serializer = SessionCreateSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        session = services.session_create(
+            api_key=request.auth,
+            public_id=data["session_id"],
+            title=data["title"],
+            system_prompt=data["role"],
+            model=data["model"],
+            memory_facts=data["memory_context"],
+        )
+        return Response(SessionSerializer(session).data, status=status.HTTP_201_CREATED)
+
+
+class SessionDetailView(APIView):
+    @extend_schema(operation_id="sessions_retrieve", responses={200: SessionSerializer, **_errors(401, 404)})
+    def get(self, request: Request, session_id: str) -> Response:
+        session = selectors.session_get(api_key=request.auth, public_id=session_id)
+        return Response(SessionSerializer(session).data)
+
+    @extend_schema(
+        operation_id="sessions_update",
+        summary="Change the title, persona, model or memory (memory_context replaces the stored facts).",
+        request=SessionUpdateSerializer,
+        responses={200: SessionSerializer, **_errors(400, 401, 404, 413)},
+    )
+    def patch(self, request: Request, session_id: str) -> Response:
+        session = selectors.session_get(api_key=request.auth, public_id=session_id)
+        serializer = SessionUpdateSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        renamed = {"role": "system_prompt", "memory_context": "memory_facts"}
+        changes = {renamed.get(name, name): value for name, value in serializer.validated_data.items()}
+        session = services.session_update(session=session, changes=changes)
+        return Response(SessionSerializer(session).data)
+
+    @extend_schema(
+        operation_id="sessions_destroy",
+        summary="Delete the session and its messages (its usage records are kept).",
+        responses={204: None, **_errors(401, 404)},
+    )
+    def delete(self, request: Request, session_id: str) -> Response:
+        session = selectors.session_get(api_key=request.auth, public_id=session_id)
+        services.session_delete(session=session)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class SessionMessagesView(APIView):
+    @extend_schema(
+        operation_id="sessions_messages_list",
+        summary="The session's messages, oldest first.",
+        responses={200: _page_of("MessagePage", MessageSerializer), **_errors(401, 404)},
+    )
+    def get(self, request: Request, session_id: str) -> Response:
+        session = selectors.session_get(api_key=request.auth, public_id=session_id)
+        return _page(request, self, selectors.message_list(session=session), MessageSerializer)
+
+
+class SessionUsageView(APIView):
+    @extend_schema(
+        operation_id="sessions_usage_list",
+        summary="The session's upstream calls and their tokens, oldest first.",
+        responses={200: _page_of("UsagePage", UsageRecordSerializer), **_errors(401, 403, 404)},
+    )
+    def get(self, request: Request, session_id: str) -> Response:
+        session = selectors.session_get(api_key=request.auth, public_id=session_id)
+        return _page(request, self, selectors.usage_list_for_session(session=session), UsageRecordSerializer)
+
+
+class ApiKeyListView(APIView):
+    """Key management over the API, for `admin` keys: the list (never a secret)."""
+
+    required_scopes = frozenset({ApiKey.Scope.ADMIN})
+
+    @extend_schema(
+        operation_id="keys_list",
+        summary="All client keys, newest first (admin scope).",
+        responses={200: _page_of("ApiKeyPage", ApiKeySerializer), **_errors(401, 403, 404)},
+    )
+    def get(self, request: Request) -> Response:
+        return _page(request, self, selectors.api_key_list(), ApiKeySerializer)
+
+
+class UsageView(APIView):
+    """The calling key's usage; an `admin` key sees every key's and may pick one with `key`."""
+
+    required_scopes = frozenset({ApiKey.Scope.CHAT, ApiKey.Scope.READ, ApiKey.Scope.ADMIN})
+
+    @extend_schema(
+        operation_id="usage",
+        summary="Requests, tokens and cost over a period, by day, model or key (from daily roll-ups).",
+        parameters=[UsageQuerySerializer],
+        responses={200: UsageReportSerializer, **_errors(400, 401, 403, 404)},
+    )
+    def get(self, request: Request) -> Response:
+        query = UsageQuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        params = query.validated_data
+        api_key = request.auth
+        is_admin = ApiKey.Scope.ADMIN in api_key.scopes
+        if "key" in params and params["key"] != api_key.key_id and not is_admin:
+            raise ScopeMissing(
+                _("Only an admin key may see another key's usage."), details={"required_scopes": ["admin"]}
+            )
+        if "key" in params:
+            scope_key = selectors.api_key_get(key_id=params["key"])
+        else:
+            scope_key = None if is_admin else api_key
+        report = selectors.usage_report(
+            api_key=scope_key, day_from=params["from"], day_to=params["to"], group_by=params["group_by"]
+        )
+        return Response(UsageReportSerializer(
+            {"from": params["from"], "to": params["to"], "group_by": params["group_by"], **report}
+        ).data)

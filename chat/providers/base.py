@@ -1,0 +1,51 @@
+"""The one small interface every upstream model provider implements."""
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class CompletionRequest:
+    """What one turn asks of the model. `messages` are plain OpenAI-format dicts."""
+
+    model: str
+    messages: list[dict[str, str]]
+    max_tokens: int
+    temperature: float
+
+
+@dataclass(frozen=True)
+class Completion:
+    """The model's answer and what it cost.
+
+    `usage_estimated` is True when upstream reported no usage and the counts are our tokenizer's.
+    """
+
+    text: str
+    model: str
+    prompt_tokens: int
+    completion_tokens: int
+    usage_estimated: bool
+    finish_reason: str | None
+
+
+@dataclass(frozen=True)
+class StreamDelta:
+    """A piece of the answer as it is written."""
+
+    text: str
+
+
+class ChatProvider(Protocol):
+    """An upstream model. Implementations raise `llmserver.errors.UpstreamError` subclasses."""
+
+    name: str
+
+    async def complete(self, request: CompletionRequest) -> Completion:
+        """The whole answer at once."""
+        ...
+
+    def stream(self, request: CompletionRequest) -> AsyncIterator[StreamDelta | Completion]:
+        """The answer piece by piece: `StreamDelta`s, then one final `Completion` with the usage."""
+        ...

@@ -1,0 +1,231 @@
+"""Any OpenAI-compatible upstream (OpenAI, vLLM, Ollama, llama.cpp, …) through the official SDK.
+
+Two measured costs shape this module:
+- the SDK's `chat.completions.create` walks the whole request body through its type transforms
+  on every call (about 60% of a request's CPU with 20 history messages). Our body is already
+  plain JSON-ready dicts, so it goes through the SDK's documented low-level `client.post`, which
+  sends it as it is while keeping the SDK's timeouts, bounded retries and error classes;
+- building pydantic models for the response is skipped the same way: we read the raw JSON.
+"""
+
+import asyncio
+import hashlib
+import json
+import weakref
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx2
+import openai
+from django.utils.translation import gettext_lazy as _
+from openai.types.chat import ChatCompletionChunk
+
+from chat import tokens
+from chat.providers.base import Completion, CompletionRequest, StreamDelta
+from llmserver.errors import (
+    UpstreamAuthFailed,
+    UpstreamBadResponse,
+    UpstreamError,
+    UpstreamRateLimited,
+    UpstreamRejectedRequest,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
+
+# An httpx client (and its connection pool) belongs to the event loop that created it, so
+# clients are kept per loop; under uvicorn there is one loop per worker process.
+_clients: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[Any, ...], openai.AsyncOpenAI]]" = (
+    weakref.WeakKeyDictionary()
+)
+# Connecting should be quick even when answering is slow: fail fast on an unreachable upstream.
+MAX_CONNECT_TIMEOUT_SECONDS = 10.0
+# Matches the model columns; a longer name reported by upstream is cut.
+MAX_MODEL_NAME_LENGTH = 200
+# Usage numbers at or above this are not believed (they would overflow the token columns).
+MAX_REPORTED_TOKENS = 2**31 - 1
+
+
+# Whose key a provider holds, for the sentence when upstream rejects it.
+KEY_FROM_SERVER = "server"
+KEY_FROM_CREDENTIAL = "credential"
+KEY_FROM_CALLER = "caller"
+_REJECTED_KEY_MESSAGES = {
+    KEY_FROM_CALLER: _("The model provider rejected the upstream API key you sent (X-Upstream-Api-Key or api_key)."),
+    KEY_FROM_CREDENTIAL: _(
+        "The model provider rejected the upstream credential assigned to this API key; the operator has to check it."
+    ),
+}
+
+
+def upstream_error_from(exc: Exception, *, key_origin: str = KEY_FROM_SERVER) -> UpstreamError:
+    """Map the SDK's exceptions onto ours. Upstream's own error text is not passed on: it can
+    carry a fragment of the upstream key ("Incorrect API key provided: sk-ab***yz")."""
+    if isinstance(exc, openai.APITimeoutError):
+        return UpstreamTimeout()
+    if isinstance(exc, openai.APIConnectionError):
+        return UpstreamUnavailable()
+    if isinstance(exc, openai.APIStatusError):
+        details = {"upstream_status": exc.status_code}
+        if isinstance(exc, (openai.AuthenticationError, openai.PermissionDeniedError)):
+            return UpstreamAuthFailed(_REJECTED_KEY_MESSAGES.get(key_origin), details=details)
+        if isinstance(exc, openai.RateLimitError):
+            retry_after = exc.response.headers.get("retry-after")
+            try:
+                seconds = float(retry_after) if retry_after else None
+            except ValueError:
+                seconds = None
+            return UpstreamRateLimited(details=details, retry_after=seconds or 1)
+        if 400 <= exc.status_code < 500:
+            return UpstreamRejectedRequest(details=details)
+        return UpstreamError(details=details)
+    return UpstreamBadResponse()
+
+
+class OpenAICompatibleProvider:
+    name = "openai"
+
+    def __init__(
+        self, *, api_key: str, base_url: str | None, timeout: float, max_retries: int,
+        key_origin: str = KEY_FROM_SERVER,
+    ) -> None:
+        """`key_origin` says whose key this is. A caller's own key (bring your own key) gets no
+        cached client of its own, and errors speak of the key's owner."""
+        # Local servers (vLLM, Ollama) often need no key, but the SDK insists on one.
+        self._api_key = api_key or "no-key-configured"
+        self._base_url = base_url or None
+        self._timeout_seconds = timeout
+        self._max_retries = max_retries
+        self._key_origin = key_origin
+        self._user_provided_key = key_origin == KEY_FROM_CALLER
+
+    def _client(self) -> openai.AsyncOpenAI:
+        """A client with this provider's key. Clients (and their connection pools) are cached per
+        event loop and configuration, under a hash of the server's own keys; a caller's key gets a
+        light copy of the shared client (same pool) that lives for this request only."""
+        per_loop = _clients.setdefault(asyncio.get_running_loop(), {})
+        key_fingerprint = None if self._user_provided_key else hashlib.sha256(self._api_key.encode()).hexdigest()
+        config = (key_fingerprint, self._base_url, self._timeout_seconds, self._max_retries)
+        client = per_loop.get(config)
+        if client is None:
+            client = openai.AsyncOpenAI(
+                api_key=self._api_key if key_fingerprint else "set-per-request",
+                base_url=self._base_url,
+                timeout=openai.Timeout(
+                    self._timeout_seconds, connect=min(self._timeout_seconds, MAX_CONNECT_TIMEOUT_SECONDS)
+                ),
+                max_retries=self._max_retries,
+            )
+            per_loop[config] = client
+        if self._user_provided_key:
+            return client.with_options(api_key=self._api_key)
+        return client
+
+    def _error(self, exc: Exception) -> UpstreamError:
+        return upstream_error_from(exc, key_origin=self._key_origin)
+
+    async def key_is_valid(self) -> bool | None:
+        """One cheap call (list models) to check the key: True if upstream accepts it, False if it
+        rejects it, None if that could not be told (upstream down, timed out, …)."""
+        try:
+            await self._client().get("/models", cast_to=httpx2.Response, options={"max_retries": 0})
+        except (openai.AuthenticationError, openai.PermissionDeniedError):
+            return False
+        except openai.OpenAIError:
+            return None
+        return True
+
+    @staticmethod
+    def _body(request: CompletionRequest) -> dict[str, Any]:
+        return {
+            "model": request.model,
+            "messages": request.messages,
+            "max_tokens": request.max_tokens,
+            "temperature": request.temperature,
+        }
+
+    async def complete(self, request: CompletionRequest) -> Completion:
+        try:
+            response = await self._client().post(
+                "/chat/completions", cast_to=httpx2.Response, body=self._body(request)
+            )
+            data = response.json()
+        except openai.OpenAIError as exc:
+            raise self._error(exc) from exc
+        except (ValueError, httpx2.HTTPError) as exc:
+            # Malformed JSON, or a body cut off after the headers arrived.
+            raise UpstreamBadResponse() from exc
+        try:
+            choice = data["choices"][0]
+            text = choice["message"].get("content") or ""
+            finish_reason = choice.get("finish_reason")
+        except (KeyError, IndexError, TypeError, AttributeError) as exc:
+            raise UpstreamBadResponse(_("The model provider's answer has no message in it.")) from exc
+        if not isinstance(text, str) or not isinstance(finish_reason, (str, type(None))):
+            raise UpstreamBadResponse(_("The model provider's answer has no message in it."))
+        return _with_usage(
+            request, text=text, model=_model_name(data.get("model"), request), usage=data.get("usage"),
+            finish_reason=finish_reason,
+        )
+
+    async def stream(self, request: CompletionRequest) -> AsyncIterator[StreamDelta | Completion]:
+        body = {**self._body(request), "stream": True, "stream_options": {"include_usage": True}}
+        parts: list[str] = []
+        usage: dict[str, Any] | None = None
+        model = request.model
+        finish_reason = None
+        try:
+            stream = await self._client().post(
+                "/chat/completions",
+                cast_to=ChatCompletionChunk,
+                body=body,
+                stream=True,
+                stream_cls=openai.AsyncStream[ChatCompletionChunk],
+            )
+            async with stream:
+                async for chunk in stream:
+                    model = _model_name(chunk.model, request)
+                    if chunk.usage is not None:
+                        usage = chunk.usage.model_dump()
+                    for choice in chunk.choices:
+                        finish_reason = choice.finish_reason or finish_reason
+                        if choice.delta.content:
+                            parts.append(choice.delta.content)
+                            yield StreamDelta(text=choice.delta.content)
+        except openai.OpenAIError as exc:
+            raise self._error(exc) from exc
+        except (ValueError, json.JSONDecodeError, httpx2.HTTPError) as exc:
+            raise UpstreamBadResponse() from exc
+        yield _with_usage(request, text="".join(parts), model=model, usage=usage, finish_reason=finish_reason)
+
+
+def _model_name(reported: Any, request: CompletionRequest) -> str:
+    """The model upstream says answered, if it says so sensibly; else the one asked for."""
+    if isinstance(reported, str) and reported.strip():
+        return reported[:MAX_MODEL_NAME_LENGTH]
+    return request.model
+
+
+def _with_usage(
+    request: CompletionRequest, *, text: str, model: str, usage: dict[str, Any] | None, finish_reason: str | None
+) -> Completion:
+    """A Completion with upstream's usage when it reported one, else our own exact count."""
+    try:
+        prompt_tokens = usage["prompt_tokens"]  # type: ignore[index]
+        completion_tokens = usage["completion_tokens"]  # type: ignore[index]
+        estimated = not all(
+            isinstance(count, int) and not isinstance(count, bool) and 0 <= count < MAX_REPORTED_TOKENS
+            for count in (prompt_tokens, completion_tokens)
+        )
+    except (KeyError, TypeError):
+        estimated = True
+    if estimated:
+        prompt_tokens = tokens.count_prompt_tokens(request.messages, model=request.model)
+        completion_tokens = tokens.count_text_tokens(text, model=request.model)
+    return Completion(
+        text=text,
+        model=model,
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        usage_estimated=estimated,
+        finish_reason=finish_reason,
+    )

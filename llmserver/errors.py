@@ -1,0 +1,304 @@
+"""One error shape for every API error, and the exceptions our services raise.
+
+Every error under `/api/` leaves the server as
+
+    {"success": false, "error_code": "<stable_code>", "error_message": "<a sentence>", "details": {...}}
+
+`error_code` is stable and meant for programs; `error_message` is a sentence for people, translated
+into the request's language (Accept-Language; English and Korean ship).
+
+Services raise `ApiError` subclasses (never DRF's exceptions) so that they stay usable from
+commands and tests; `api_exception_handler` turns those and DRF's own exceptions into the shape.
+The original design's four exception kinds map onto these: ValidationException -> `InvalidInput`
+and DRF validation errors, ChatServiceException -> the session errors, OpenAIClientException ->
+the `Upstream*` errors. ConfigurationException has no runtime counterpart: bad or missing settings
+stop the server at start-up with a sentence saying what to set (llmserver/settings.py).
+"""
+
+import logging
+import math
+from typing import Any
+
+from django.core.exceptions import PermissionDenied, RequestDataTooBig
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.utils.encoding import force_str
+from django.utils.translation import gettext_lazy as _
+from django.views import defaults
+from rest_framework import exceptions as drf_exceptions
+from rest_framework import status
+from rest_framework.response import Response
+
+logger = logging.getLogger(__name__)
+
+
+class ApiError(Exception):
+    """A failure with an HTTP status, a stable code and a sentence for people."""
+
+    status_code: int = status.HTTP_400_BAD_REQUEST
+    error_code: str = "bad_request"
+    default_message: Any = _("The request could not be processed.")
+
+    def __init__(
+        self,
+        message: Any = None,
+        *,
+        details: dict[str, Any] | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        self.message = message if message is not None else self.default_message
+        self.details = details or {}
+        self.retry_after = retry_after
+        super().__init__(force_str(self.message))
+
+
+class InvalidInput(ApiError):
+    error_code = "validation_error"
+    default_message = _("The request is invalid.")
+
+
+class ContextTooLong(ApiError):
+    error_code = "context_too_long"
+    default_message = _("The message is too long for the model's context window.")
+
+
+class ApiKeyNotFound(ApiError):
+    status_code = status.HTTP_404_NOT_FOUND
+    error_code = "api_key_not_found"
+    default_message = _("No API key with this id exists.")
+
+
+class ScopeMissing(ApiError):
+    status_code = status.HTTP_403_FORBIDDEN
+    error_code = "insufficient_scope"
+    default_message = _("This API key does not have the scope this needs.")
+
+
+class ModelNotAllowed(ApiError):
+    status_code = status.HTTP_403_FORBIDDEN
+    error_code = "model_not_allowed"
+    default_message = _("This API key may not use this model.")
+
+
+class ModelNotAvailable(ApiError):
+    error_code = "model_not_available"
+    default_message = _("The upstream assigned to this API key does not serve this model.")
+
+
+class LimitExceeded(ApiError):
+    """A key's limit would be passed. `error_code` names the limit: limit_requests_per_minute,
+    limit_tokens_per_day or limit_monthly_budget."""
+
+    status_code = status.HTTP_429_TOO_MANY_REQUESTS
+    error_code = "limit_exceeded"
+    default_message = _("This API key has reached one of its limits.")
+
+    def __init__(self, message: Any = None, *, error_code: str, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.error_code = error_code
+
+
+class PageNotFound(ApiError):
+    status_code = status.HTTP_404_NOT_FOUND
+    error_code = "page_not_found"
+    default_message = _("This page of results does not exist.")
+
+
+class SessionNotFound(ApiError):
+    status_code = status.HTTP_404_NOT_FOUND
+    error_code = "session_not_found"
+    default_message = _("No session with this id exists for your API key.")
+
+
+class SessionAlreadyExists(ApiError):
+    status_code = status.HTTP_409_CONFLICT
+    error_code = "session_exists"
+    default_message = _("A session with this id already exists for your API key.")
+
+
+class SessionBusy(ApiError):
+    status_code = status.HTTP_409_CONFLICT
+    error_code = "session_busy"
+    default_message = _(
+        "Another message in this session is still being answered; send this one when it has finished."
+    )
+
+
+class UpstreamError(ApiError):
+    """The upstream model provider failed; subclasses say how."""
+
+    status_code = status.HTTP_502_BAD_GATEWAY
+    error_code = "upstream_error"
+    default_message = _("The model provider returned an error; the message was kept and can be retried.")
+
+
+class UpstreamAuthFailed(UpstreamError):
+    error_code = "upstream_auth_failed"
+    default_message = _(
+        "The model provider rejected the server's API key; the operator has to check OPENAI_API_KEY."
+    )
+
+
+class UpstreamCredentialUnreadable(ApiError):
+    status_code = status.HTTP_500_INTERNAL_SERVER_ERROR
+    error_code = "upstream_credential_unreadable"
+    default_message = _(
+        "The upstream credential assigned to this API key cannot be decrypted; the operator has to put "
+        "its key back in FIELD_ENCRYPTION_KEYS."
+    )
+
+
+class UpstreamRejectedRequest(UpstreamError):
+    error_code = "upstream_rejected_request"
+    default_message = _(
+        "The model provider rejected the request (for example an unknown model or an invalid parameter)."
+    )
+
+
+class UpstreamBadResponse(UpstreamError):
+    error_code = "upstream_bad_response"
+    default_message = _("The model provider sent a response that could not be read.")
+
+
+class UpstreamRateLimited(UpstreamError):
+    status_code = status.HTTP_429_TOO_MANY_REQUESTS
+    error_code = "upstream_rate_limited"
+    default_message = _("The model provider is rate limiting this server; try again later.")
+
+
+class UpstreamUnavailable(UpstreamError):
+    status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    error_code = "upstream_unavailable"
+    default_message = _("The model provider could not be reached; try again later.")
+
+
+class UpstreamTimeout(UpstreamError):
+    status_code = status.HTTP_504_GATEWAY_TIMEOUT
+    error_code = "upstream_timeout"
+    default_message = _("The model provider did not answer in time; try again later.")
+
+
+def error_body(*, error_code: str, error_message: Any, details: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The one error shape, with the message translated into the active language."""
+    return {
+        "success": False,
+        "error_code": error_code,
+        "error_message": force_str(error_message),
+        "details": details or {},
+    }
+
+
+# DRF's own exceptions, by class, mapped to our codes and sentences. Their own texts are not used:
+# they vary by field and are not translated into Korean.
+_DRF_ERRORS: list[tuple[type[Exception], str, Any]] = [
+    (drf_exceptions.ParseError, "malformed_request", _("The request body could not be parsed; send valid JSON.")),
+    (
+        drf_exceptions.NotAuthenticated,
+        "authentication_required",
+        _("An API key is required: send it as 'Authorization: Bearer <key>'."),
+    ),
+    (
+        drf_exceptions.AuthenticationFailed,
+        "invalid_api_key",
+        _("The API key is invalid, revoked or expired."),
+    ),
+    (drf_exceptions.PermissionDenied, "permission_denied", _("This API key may not do this.")),
+    (drf_exceptions.NotFound, "not_found", _("Nothing exists at this address.")),
+    (drf_exceptions.MethodNotAllowed, "method_not_allowed", _("This method is not allowed here.")),
+    (drf_exceptions.NotAcceptable, "not_acceptable", _("No response format matches the Accept header.")),
+    (
+        drf_exceptions.UnsupportedMediaType,
+        "unsupported_media_type",
+        _("Send the request body as JSON with 'Content-Type: application/json'."),
+    ),
+    (drf_exceptions.Throttled, "rate_limited", _("Too many requests; try again later.")),
+]
+
+
+def _response(
+    *, status_code: int, error_code: str, message: Any, details: dict[str, Any] | None = None,
+    retry_after: float | None = None, headers: dict[str, str] | None = None,
+) -> Response:
+    response = Response(
+        error_body(error_code=error_code, error_message=message, details=details),
+        status=status_code,
+        headers=headers,
+    )
+    if retry_after is not None:
+        response["Retry-After"] = str(max(1, math.ceil(retry_after)))
+    return response
+
+
+def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
+    """DRF's EXCEPTION_HANDLER: every exception raised in an API view becomes the one shape."""
+    if isinstance(exc, ApiError):
+        return _response(
+            status_code=exc.status_code,
+            error_code=exc.error_code,
+            message=exc.message,
+            details=exc.details,
+            retry_after=exc.retry_after,
+        )
+    if isinstance(exc, drf_exceptions.ValidationError):
+        return _response(
+            status_code=status.HTTP_400_BAD_REQUEST,
+            error_code="validation_error",
+            message=_("The request is invalid; 'details' says what is wrong with each field."),
+            details=exc.detail if isinstance(exc.detail, dict) else {"non_field_errors": exc.detail},
+        )
+    if isinstance(exc, RequestDataTooBig):
+        return _response(
+            status_code=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+            error_code="request_too_large",
+            message=_("The request body is too large."),
+        )
+    if isinstance(exc, Http404):
+        exc = drf_exceptions.NotFound()
+    elif isinstance(exc, PermissionDenied):
+        exc = drf_exceptions.PermissionDenied()
+    for drf_class, error_code, message in _DRF_ERRORS:
+        if isinstance(exc, drf_class):
+            headers = {}
+            auth_header = getattr(exc, "auth_header", None)
+            if auth_header:
+                headers["WWW-Authenticate"] = auth_header
+            return _response(
+                status_code=exc.status_code,  # type: ignore[attr-defined]
+                error_code=error_code,
+                message=message,
+                retry_after=getattr(exc, "wait", None),
+                headers=headers,
+            )
+    if isinstance(exc, drf_exceptions.APIException):
+        return _response(status_code=exc.status_code, error_code=exc.default_code, message=exc.detail)
+    # A bug: log it with its traceback and keep the shape; the message reveals nothing internal.
+    logger.exception("Unhandled error in %s", context.get("view").__class__.__name__)
+    return _response(
+        status_code=status.HTTP_500_INTERNAL_SERVER_ERROR,
+        error_code="internal_error",
+        message=_("The server failed unexpectedly; the error was logged."),
+    )
+
+
+API_PATH_PREFIXES = ("/api/", "/v1/")
+
+
+def not_found(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    """handler404: the one shape for API addresses no view matched, Django's page elsewhere."""
+    if request.path.startswith(API_PATH_PREFIXES):
+        return JsonResponse(
+            error_body(error_code="not_found", error_message=_("Nothing exists at this address.")), status=404
+        )
+    return defaults.page_not_found(request, exception or Http404())
+
+
+def server_error(request: HttpRequest) -> HttpResponse:
+    """handler500 for failures outside DRF views (middleware, plain views)."""
+    if request.path.startswith(API_PATH_PREFIXES):
+        return JsonResponse(
+            error_body(
+                error_code="internal_error",
+                error_message=_("The server failed unexpectedly; the error was logged."),
+            ),
+            status=500,
+        )
+    return defaults.server_error(request)

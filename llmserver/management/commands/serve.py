@@ -1,0 +1,38 @@
+"""`manage.py serve`: the production server (uvicorn, ASGI), as `make run` and the image run it."""
+
+from typing import Any
+
+import uvicorn
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandParser
+
+
+class Command(BaseCommand):
+    help = "Serve the API through uvicorn on SERVER_HOST:SERVER_PORT with WEB_CONCURRENCY workers."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--host", default=None, help="Overrides SERVER_HOST.")
+        parser.add_argument("--port", type=int, default=None, help="Overrides SERVER_PORT.")
+        parser.add_argument("--workers", type=int, default=None, help="Overrides WEB_CONCURRENCY.")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        host = options["host"] or settings.SERVER_HOST
+        port = options["port"] or settings.SERVER_PORT
+        workers = options["workers"] or settings.WEB_CONCURRENCY
+        self.stdout.write(f"Serving LLM Server on http://{host}:{port} with {workers} worker(s)")
+        uvicorn.run(
+            "llmserver.asgi:application",
+            host=host,
+            port=port,
+            workers=workers,
+            loop="uvloop",
+            http="httptools",
+            # Django's LOGGING (our format, logs/app.log) already handles uvicorn's loggers.
+            log_config=None,
+            access_log=settings.ACCESS_LOG,
+            lifespan="off",
+            # Behind a reverse proxy, trust its X-Forwarded-* headers only from the given addresses.
+            proxy_headers=True,
+            forwarded_allow_ips=settings.FORWARDED_ALLOW_IPS,
+            timeout_graceful_shutdown=settings.GRACEFUL_SHUTDOWN_SECONDS,
+        )

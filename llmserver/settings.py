@@ -1,0 +1,301 @@
+"""Settings for LLM Server, read from the environment through django-environ.
+
+Every setting has a development default so that `make run` works with no configuration at all.
+`DJANGO_ENV=production` switches to production mode, which refuses to start on an unsafe secret
+or a missing host list, with a sentence saying what to set.  Each setting is documented in
+README.md and `.env.example`.
+"""
+
+from pathlib import Path
+
+import environ
+from cryptography.fernet import Fernet
+from django.core.exceptions import ImproperlyConfigured
+from django.utils.translation import gettext_lazy as _
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+env = environ.Env()
+# A local `.env` is a convenience for development; real deployments set the environment.
+# Variables already in the environment win over the file.
+environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
+
+DJANGO_ENV = env.str("DJANGO_ENV", default="development")
+if DJANGO_ENV not in ("development", "production"):
+    raise ImproperlyConfigured(
+        f"DJANGO_ENV must be 'development' or 'production', not {DJANGO_ENV!r}."
+    )
+IS_PRODUCTION = DJANGO_ENV == "production"
+
+# Only ever used when nothing is configured in development; production refuses it below.
+DEVELOPMENT_SECRET_KEY = "django-insecure-development-only-do-not-use-in-production"
+SECRET_KEY = env.str("SECRET_KEY", default=DEVELOPMENT_SECRET_KEY)
+DEBUG = env.bool("DEBUG", default=not IS_PRODUCTION)
+ALLOWED_HOSTS = env.list(
+    "ALLOWED_HOSTS", default=[] if IS_PRODUCTION else ["127.0.0.1", "localhost", "[::1]", "testserver"]
+)
+
+if IS_PRODUCTION:
+    # The same test as Django's own deploy check (security.W009).
+    if (
+        SECRET_KEY == DEVELOPMENT_SECRET_KEY
+        or SECRET_KEY.startswith("django-insecure")
+        or len(SECRET_KEY) < 50
+        or len(set(SECRET_KEY)) < 5
+    ):
+        raise ImproperlyConfigured(
+            "SECRET_KEY is missing or unsafe for production: set SECRET_KEY to a random string of at "
+            "least 50 characters (for example the output of `python -c \"import secrets; "
+            "print(secrets.token_urlsafe(64))\"`)."
+        )
+    if not ALLOWED_HOSTS:
+        raise ImproperlyConfigured(
+            "ALLOWED_HOSTS is empty in production: set ALLOWED_HOSTS to the comma-separated host "
+            "names this server answers to (for example `llm.example.com`)."
+        )
+    if DEBUG:
+        raise ImproperlyConfigured("DEBUG must be off in production: unset DEBUG or set DEBUG=false.")
+
+# Keys that encrypt stored upstream credentials (Fernet; the first encrypts, every one decrypts,
+# so a new key goes first and an old one stays until `manage.py reencrypt_upstream_credentials`
+# has run). Deliberately not SECRET_KEY: leaking one must not give away the other.
+DEVELOPMENT_FIELD_ENCRYPTION_KEY = "ZGV2ZWxvcG1lbnQtb25seS1rZXktZG8tbm90LXVzZT0="
+FIELD_ENCRYPTION_KEYS = env.list(
+    "FIELD_ENCRYPTION_KEYS", default=[] if IS_PRODUCTION else [DEVELOPMENT_FIELD_ENCRYPTION_KEY]
+)
+if IS_PRODUCTION and (not FIELD_ENCRYPTION_KEYS or DEVELOPMENT_FIELD_ENCRYPTION_KEY in FIELD_ENCRYPTION_KEYS):
+    raise ImproperlyConfigured(
+        "FIELD_ENCRYPTION_KEYS is missing or unsafe for production: set it to one or more comma-separated "
+        "Fernet keys, newest first (generate one with `python -c \"from cryptography.fernet import Fernet; "
+        "print(Fernet.generate_key().decode())\"`)."
+    )
+for _key in FIELD_ENCRYPTION_KEYS:
+    try:
+        Fernet(_key)
+    except ValueError:
+        raise ImproperlyConfigured(
+            "FIELD_ENCRYPTION_KEYS holds a value that is not a Fernet key (32 url-safe base64-encoded "
+            "bytes); generate one with `python -c \"from cryptography.fernet import Fernet; "
+            "print(Fernet.generate_key().decode())\"`."
+        ) from None
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
+    # The project package is an app too, so that its management commands (`serve`) are found.
+    "llmserver",
+    "chat",
+    "monitoring",
+]
+
+# Every middleware here is async-capable: one sync-only middleware would send every request
+# through Django's single shared sync thread and serialise the whole server.
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.locale.LocaleMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "llmserver.urls"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+WSGI_APPLICATION = "llmserver.wsgi.application"
+ASGI_APPLICATION = "llmserver.asgi.application"
+
+# --- Database -------------------------------------------------------------------------------
+DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}")}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # Safe under concurrent writers (several worker processes): WAL lets readers run beside the
+    # writer; BEGIN IMMEDIATE takes the write lock at the start of a transaction instead of
+    # failing half-way through an upgrade from a read lock; the busy timeout makes a writer
+    # wait for the lock instead of raising "database is locked" at once.
+    DATABASES["default"].setdefault("OPTIONS", {}).update(
+        {
+            "transaction_mode": "IMMEDIATE",
+            "timeout": env.int("SQLITE_BUSY_TIMEOUT_SECONDS", default=20),
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        }
+    )
+elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    # Under ASGI, Django runs each request's database work in a thread of its own, and a thread
+    # keeps its own connection: persistent connections (CONN_MAX_AGE) would pile up one per
+    # thread until PostgreSQL refuses more. A pool per worker process bounds them instead, and
+    # saves the connect on every request.
+    DATABASES["default"]["CONN_MAX_AGE"] = 0
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        "min_size": env.int("DATABASE_POOL_MIN_SIZE", default=2),
+        "max_size": env.int("DATABASE_POOL_MAX_SIZE", default=10),
+        # A request that cannot get a connection in this time fails rather than waits forever.
+        "timeout": env.float("DATABASE_POOL_TIMEOUT_SECONDS", default=10.0),
+    }
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# One process: the local-memory cache. Several processes or instances: Redis (REDIS_URL), so that
+# they share it. CACHE_URL takes any URL django-environ understands and wins over REDIS_URL.
+REDIS_URL = env.str("REDIS_URL", default="")
+if "CACHE_URL" in env:
+    CACHES = {"default": env.cache_url("CACHE_URL")}
+elif REDIS_URL:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
+else:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+# --- Internationalisation -------------------------------------------------------------------
+# Error sentences are translated; the original team wrote in Korean, so Korean ships with
+# English. LocaleMiddleware picks the language from Accept-Language.
+LANGUAGE_CODE = "en"
+LANGUAGES = [("en", _("English")), ("ko", _("Korean"))]
+LOCALE_PATHS = [BASE_DIR / "locale"]
+USE_I18N = True
+TIME_ZONE = "UTC"
+USE_TZ = True
+
+# --- Static files ---------------------------------------------------------------------------
+# Served by the ASGI application itself (see asgi.py): only the admin and the API docs use them.
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+
+# --- Request limits -------------------------------------------------------------------------
+# Bodies above this size get 413 before they are read (llmserver/body_limit.py).
+MAX_REQUEST_BYTES = env.int("MAX_REQUEST_BYTES", default=1024 * 1024)
+DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_REQUEST_BYTES
+CHAT_MAX_MESSAGE_CHARS = env.int("CHAT_MAX_MESSAGE_CHARS", default=100_000)
+CHAT_MAX_MEMORY_FACTS = env.int("CHAT_MAX_MEMORY_FACTS", default=100)
+CHAT_MAX_HISTORY_IMPORT = env.int("CHAT_MAX_HISTORY_IMPORT", default=500)
+
+# --- Serving --------------------------------------------------------------------------------
+SERVER_HOST = env.str("SERVER_HOST", default="127.0.0.1")
+SERVER_PORT = env.int("SERVER_PORT", default=5601)
+WEB_CONCURRENCY = env.int("WEB_CONCURRENCY", default=1)
+ACCESS_LOG = env.bool("ACCESS_LOG", default=True)
+FORWARDED_ALLOW_IPS = env.str("FORWARDED_ALLOW_IPS", default="127.0.0.1")
+GRACEFUL_SHUTDOWN_SECONDS = env.int("GRACEFUL_SHUTDOWN_SECONDS", default=30)
+
+# --- Upstream model -------------------------------------------------------------------------
+OPENAI_API_KEY = env.str("OPENAI_API_KEY", default="")
+OPENAI_BASE_URL = env.str("OPENAI_BASE_URL", default="")
+# With neither set, the offline provider answers (see chat/providers/offline.py).
+# Empty means gpt-4o-mini with an upstream, `offline` without (chat.providers.default_model).
+LLM_DEFAULT_MODEL = env.str("LLM_DEFAULT_MODEL", default="")
+LLM_TIMEOUT_SECONDS = env.float("LLM_TIMEOUT_SECONDS", default=60.0)
+LLM_MAX_RETRIES = env.int("LLM_MAX_RETRIES", default=2)
+# Context windows for models the built-in table does not know (local models, new releases),
+# by name prefix: `LLM_CONTEXT_WINDOWS=llama3=8192;qwen2.5=32768` (django-environ separates
+# typed dict entries with semicolons); the default covers everything else.
+try:
+    LLM_CONTEXT_WINDOWS = env.dict("LLM_CONTEXT_WINDOWS", cast={"value": int}, default={})
+except ValueError:
+    raise ImproperlyConfigured(
+        "LLM_CONTEXT_WINDOWS must be model=tokens pairs separated by semicolons, for example "
+        "`llama3=8192;qwen2.5=32768`."
+    ) from None
+LLM_DEFAULT_CONTEXT_WINDOW = env.int("LLM_DEFAULT_CONTEXT_WINDOW", default=8192)
+# free_mode checks a caller's own upstream key with one cheap call and remembers the verdict this
+# long, under a keyed hash of the key (never the key itself).
+BYOK_VERDICT_CACHE_SECONDS = env.int("BYOK_VERDICT_CACHE_SECONDS", default=300)
+
+# --- Limits ---------------------------------------------------------------------------------
+# Server-wide defaults for keys that set none of their own; 0 means no limit.
+LIMIT_REQUESTS_PER_MINUTE = env.int("LIMIT_REQUESTS_PER_MINUTE", default=0)
+LIMIT_TOKENS_PER_DAY = env.int("LIMIT_TOKENS_PER_DAY", default=0)
+LIMIT_MONTHLY_BUDGET_USD = env.float("LIMIT_MONTHLY_BUDGET_USD", default=0.0)
+
+# --- Client keys ----------------------------------------------------------------------------
+# `last_used_at` is written at most this often per key, not on every request.
+API_KEY_LAST_USED_INTERVAL_SECONDS = env.int("API_KEY_LAST_USED_INTERVAL_SECONDS", default=60)
+
+# --- REST framework -------------------------------------------------------------------------
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": ["chat.authentication.ApiKeyAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["chat.authentication.HasClientKey"],
+    "DEFAULT_RENDERER_CLASSES": [
+        "rest_framework.renderers.JSONRenderer",
+        "rest_framework.renderers.BrowsableAPIRenderer",
+    ],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "EXCEPTION_HANDLER": "llmserver.errors.api_exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+}
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": "LLM Server API",
+    "DESCRIPTION": (
+        "A self-hosted chat server: it stores each conversation, builds the prompt from stored "
+        "history, calls the upstream model and records every token spent."
+    ),
+    "VERSION": "0.1.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    # Assets from drf-spectacular-sidecar, served locally: no CDN.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "COMPONENT_SPLIT_REQUEST": True,
+}
+
+# --- Logging --------------------------------------------------------------------------------
+LOG_LEVEL = env.str("LOG_LEVEL", default="INFO").upper()
+LOG_FILE = env.str("LOG_FILE", default=str(BASE_DIR / "logs" / "app.log"))
+LOG_FORMAT = "%(asctime)s - %(name)s - %(levelname)s - %(message)s"
+
+_log_handlers = {"console": {"class": "logging.StreamHandler", "formatter": "standard"}}
+if LOG_FILE:
+    Path(LOG_FILE).parent.mkdir(parents=True, exist_ok=True)
+    # WatchedFileHandler reopens the file after an external logrotate and is safe for several
+    # worker processes appending to one file (a RotatingFileHandler per process is not).
+    _log_handlers["file"] = {
+        "class": "logging.handlers.WatchedFileHandler",
+        "filename": LOG_FILE,
+        "formatter": "standard",
+        "encoding": "utf-8",
+    }
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"standard": {"format": LOG_FORMAT}},
+    "handlers": _log_handlers,
+    "root": {"handlers": list(_log_handlers), "level": LOG_LEVEL},
+    "loggers": {
+        # The SDK and its HTTP stack log every request at INFO or DEBUG: keep them at WARNING,
+        # both for the noise and so that no request detail can carry a key into the log.
+        "httpx": {"level": "WARNING"},
+        "httpx2": {"level": "WARNING"},
+        "httpcore": {"level": "WARNING"},
+        "httpcore2": {"level": "WARNING"},
+        "openai": {"level": "WARNING"},
+    },
+}

@@ -1,0 +1,134 @@
+"""Shared fixtures. The people: alice owns keys and sessions; bob is another client app and must
+see nothing of alice's.
+
+Upstream is never mocked: `fake_upstream` is a real OpenAI-compatible HTTP server on 127.0.0.1
+that the server's own `openai` SDK client talks to.
+
+Secrets are watched across the whole suite: after every test that used alice or bob, or a
+caller's own upstream key (`byok_key`), their keys must appear in no database row, no log record
+and no response body or header that the test received.
+"""
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from django.apps import apps
+from django.core.cache import cache
+from rest_framework.test import APIClient
+
+from chat import keys
+from chat.models import ApiKey
+from chat.services import api_key_create
+from tests.fake_upstream import FakeUpstream
+
+UPSTREAM_TEST_KEY = "sk-upstream-test-key-0000"
+# A caller's own upstream key (bring your own key), watched like a client key.
+BYOK_SENTINEL = "sk-byok-SENTINEL-4f1c9e2b7a6d5c3e8f0a1b2c3d4e5f60"
+
+# Every response the personas' clients received during the current test.
+_responses: list[Any] = []
+
+
+class RecordingClient(APIClient):
+    """An APIClient that keeps every response, so that they can be searched for secrets."""
+
+    def request(self, **kwargs: Any) -> Any:
+        response = super().request(**kwargs)
+        _responses.append(response)
+        return response
+
+
+@dataclass
+class Persona:
+    """A client app: its key row, the key it was given, and an HTTP client that sends it."""
+
+    api_key: ApiKey
+    raw_key: str
+    client: APIClient
+
+
+def make_persona(name: str) -> Persona:
+    api_key, raw_key = api_key_create(name=name, actor="test")
+    client = RecordingClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {raw_key}")
+    return Persona(api_key=api_key, raw_key=raw_key, client=client)
+
+
+def database_text() -> str:
+    """Every row of every table, as text."""
+    return "\n".join(repr(row) for model in apps.get_models() for row in model.objects.values_list())
+
+
+def assert_secrets_absent(secrets: list[str], caplog: pytest.LogCaptureFixture) -> None:
+    stored = database_text()
+    logged = "\n".join(record.getMessage() for record in caplog.records) + caplog.text
+    answered = "\n".join(
+        response.content.decode("utf-8", "replace") + repr(sorted(response.items())) for response in _responses
+    )
+    for secret in secrets:
+        assert secret not in stored, "a secret is stored in the database"
+        assert secret not in logged, "a secret was logged"
+        assert secret not in answered, "a secret was sent back in a response"
+
+
+def watched_persona(name: str, caplog: pytest.LogCaptureFixture) -> Iterator[Persona]:
+    caplog.set_level(logging.DEBUG)
+    persona = make_persona(name)
+    yield persona
+    assert_secrets_absent([persona.raw_key, keys.parse_key(persona.raw_key).secret], caplog)
+
+
+@pytest.fixture(autouse=True)
+def fresh_state() -> None:
+    """Each test starts with no recorded responses and an empty cache."""
+    _responses.clear()
+    cache.clear()
+
+
+@pytest.fixture(autouse=True)
+def offline_by_default(settings: pytest.FixtureRequest) -> None:
+    """Whatever the machine's environment says, tests start with no upstream configured."""
+    settings.OPENAI_API_KEY = ""
+    settings.OPENAI_BASE_URL = ""
+    settings.LLM_DEFAULT_MODEL = ""
+    settings.LLM_MAX_RETRIES = 0
+    settings.LLM_TIMEOUT_SECONDS = 5.0
+
+
+@pytest.fixture
+def alice(db: None, caplog: pytest.LogCaptureFixture) -> Iterator[Persona]:
+    yield from watched_persona("alice's app", caplog)
+
+
+@pytest.fixture
+def bob(db: None, caplog: pytest.LogCaptureFixture) -> Iterator[Persona]:
+    yield from watched_persona("bob's app", caplog)
+
+
+@pytest.fixture
+def byok_key(db: None, fake_upstream: FakeUpstream, caplog: pytest.LogCaptureFixture) -> Iterator[str]:
+    """A caller's own upstream key that the fake upstream accepts; watched for leaks."""
+    caplog.set_level(logging.DEBUG)
+    fake_upstream.extra_keys.add(BYOK_SENTINEL)
+    yield BYOK_SENTINEL
+    assert_secrets_absent([BYOK_SENTINEL], caplog)
+
+
+@pytest.fixture(scope="session")
+def fake_upstream_server() -> Iterator[FakeUpstream]:
+    server = FakeUpstream(api_key=UPSTREAM_TEST_KEY).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def fake_upstream(fake_upstream_server: FakeUpstream, settings: pytest.FixtureRequest) -> FakeUpstream:
+    """The server under test pointed at the fake upstream, which starts each test empty."""
+    fake_upstream_server.reset()
+    settings.OPENAI_BASE_URL = fake_upstream_server.base_url
+    settings.OPENAI_API_KEY = UPSTREAM_TEST_KEY
+    settings.LLM_DEFAULT_MODEL = "gpt-4o-mini"
+    return fake_upstream_server

@@ -1,0 +1,198 @@
+"""The chat turn services, called directly: the most important tests (STYLE.md)."""
+
+import asyncio
+import logging
+from datetime import timedelta
+
+import pytest
+from asgiref.sync import async_to_sync
+from django.utils import timezone
+
+from chat import services
+
+from chat.models import ChatSession, Message, UsageRecord
+from chat.providers import get_provider
+from chat.services import ChatTurnInput, chat_turn_begin, chat_turn_complete, chat_turn_fail, chat_turn_run
+from chat.providers.base import Completion
+from chat.upstreams import UpstreamChoice
+from llmserver.errors import SessionBusy, SessionNotFound, UpstreamTimeout
+from tests.conftest import Persona
+from tests.fake_upstream import Behaviour, FakeUpstream
+
+
+COMPLETION = Completion(
+    text="Hello!", model="gpt-4o-2024-08-06", prompt_tokens=9, completion_tokens=2, usage_estimated=False,
+    finish_reason="stop",
+)
+
+
+def default_upstream() -> UpstreamChoice:
+    return UpstreamChoice(provider=get_provider(), key_source="default")
+
+
+def run_turn(persona: Persona, **fields: object):
+    return async_to_sync(chat_turn_run)(
+        api_key=persona.api_key, upstream=default_upstream(), turn=ChatTurnInput(**fields)
+    )
+
+
+def test_begin_stores_the_question_as_pending_and_takes_the_lease(alice: Persona) -> None:
+    prepared = chat_turn_begin(api_key=alice.api_key, turn=ChatTurnInput(user_message="Hi", session_id="s"))
+
+    message = Message.objects.get()
+    assert (message.pk, message.status, message.content) == (prepared.user_message_id, "pending", "Hi")
+    assert ChatSession.objects.get().turn_started_at is not None
+    with pytest.raises(SessionBusy):
+        chat_turn_begin(api_key=alice.api_key, turn=ChatTurnInput(user_message="Again", session_id="s"))
+    assert Message.objects.count() == 1
+
+
+def test_complete_stores_answer_usage_and_totals_and_releases_the_lease(alice: Persona) -> None:
+    prepared = chat_turn_begin(api_key=alice.api_key, turn=ChatTurnInput(user_message="Hi", session_id="s"))
+    completion = Completion(
+        text="Hello!", model="gpt-4o-2024-08-06", prompt_tokens=9, completion_tokens=2, usage_estimated=False,
+        finish_reason="stop",
+    )
+
+    answer = chat_turn_complete(turn=prepared, completion=completion, latency_ms=120)
+
+    assert list(Message.objects.order_by("id").values_list("role", "status")) == [
+        ("user", "complete"), ("assistant", "complete"),
+    ]
+    assert (answer.model, answer.prompt_tokens, answer.completion_tokens, answer.latency_ms) == (
+        "gpt-4o-2024-08-06", 9, 2, 120,
+    )
+    session = ChatSession.objects.get()
+    assert (session.prompt_tokens_total, session.completion_tokens_total, session.turn_started_at) == (9, 2, None)
+    usage = UsageRecord.objects.get()
+    assert (usage.total_tokens, usage.latency_ms, usage.outcome, usage.usage_estimated) == (11, 120, "success", False)
+
+
+def test_fail_keeps_the_question_invents_no_answer_and_releases_the_lease(alice: Persona) -> None:
+    prepared = chat_turn_begin(api_key=alice.api_key, turn=ChatTurnInput(user_message="Hi", session_id="s"))
+
+    chat_turn_fail(turn=prepared, error_code="upstream_timeout", latency_ms=5000)
+
+    assert list(Message.objects.values_list("role", "status", "error_code")) == [
+        ("user", "failed", "upstream_timeout"),
+    ]
+    assert ChatSession.objects.get().turn_started_at is None
+    assert list(UsageRecord.objects.values_list("outcome", "total_tokens", "latency_ms")) == [
+        ("failed", 0, 5000),
+    ]
+
+
+def test_a_client_that_goes_away_mid_turn_leaves_the_question_failed_and_the_session_free(
+    alice: Persona, fake_upstream: FakeUpstream
+) -> None:
+    fake_upstream.enqueue(Behaviour(hang=True))
+
+    async def disconnect_while_waiting() -> None:
+        task = asyncio.create_task(
+            chat_turn_run(
+                api_key=alice.api_key, upstream=default_upstream(),
+                turn=ChatTurnInput(user_message="Hi", session_id="s"),
+            )
+        )
+        for _ in range(200):
+            if fake_upstream.active_requests:
+                break
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    async_to_sync(disconnect_while_waiting)()
+
+    assert list(Message.objects.values_list("status", "error_code")) == [("failed", "client_disconnected")]
+    assert ChatSession.objects.get().turn_started_at is None
+    assert UsageRecord.objects.get().outcome == "failed"
+
+
+def test_it_logs_start_and_end_with_session_and_tokens_but_never_the_contents(
+    alice: Persona, fake_upstream: FakeUpstream, caplog: pytest.LogCaptureFixture
+) -> None:
+    fake_upstream.enqueue(Behaviour(reply="The secret answer", usage=(11, 3)))
+    caplog.set_level(logging.DEBUG)
+
+    run_turn(alice, user_message="My secret question", session_id="logged", system_prompt="Secret persona")
+
+    chat_lines = [r.getMessage() for r in caplog.records if r.name == "chat.services"]
+    assert chat_lines[0].startswith("chat start session=logged key=")
+    assert chat_lines[1].startswith("chat end session=logged tokens=14 prompt_tokens=11 completion_tokens=3 ")
+    everything = "\n".join(r.getMessage() for r in caplog.records)
+    for secret in ("My secret question", "The secret answer", "Secret persona", alice.raw_key):
+        assert secret not in everything
+
+
+def test_it_logs_a_failure_with_its_error_code(
+    alice: Persona, fake_upstream: FakeUpstream, caplog: pytest.LogCaptureFixture
+) -> None:
+    fake_upstream.enqueue(Behaviour(status=503))
+
+    with pytest.raises(Exception):
+        run_turn(alice, user_message="Hi", session_id="s")
+
+    assert any(
+        r.levelname == "WARNING" and r.getMessage().startswith("chat failed session=s error=upstream_error ")
+        for r in caplog.records
+    )
+
+
+def test_deleting_a_session_while_a_turn_is_in_flight_is_refused(alice: Persona) -> None:
+    chat_turn_begin(api_key=alice.api_key, turn=ChatTurnInput(user_message="Hi", session_id="s"))
+
+    response = alice.client.delete("/api/v1/sessions/s")
+
+    assert (response.status_code, response.json()["error_code"]) == (409, "session_busy")
+    assert Message.objects.count() == 1
+
+
+def test_an_answer_for_a_session_deleted_meanwhile_is_still_billed(alice: Persona) -> None:
+    prepared = chat_turn_begin(api_key=alice.api_key, turn=ChatTurnInput(user_message="Hi", session_id="s"))
+    ChatSession.objects.all().delete()  # as after the lease ran out and someone deleted it
+
+    with pytest.raises(SessionNotFound):
+        chat_turn_complete(turn=prepared, completion=COMPLETION, latency_ms=10)
+
+    assert list(UsageRecord.objects.values_list("session", "total_tokens", "outcome")) == [(None, 11, "success")]
+
+
+def test_a_turn_that_outlived_its_lease_does_not_release_the_next_turns_lease(alice: Persona) -> None:
+    first = chat_turn_begin(api_key=alice.api_key, turn=ChatTurnInput(user_message="One", session_id="s"))
+    ChatSession.objects.update(turn_started_at=timezone.now() - timedelta(hours=1))
+    second = chat_turn_begin(api_key=alice.api_key, turn=ChatTurnInput(user_message="Two", session_id="s"))
+
+    chat_turn_complete(turn=first, completion=COMPLETION, latency_ms=10)
+
+    assert ChatSession.objects.get().turn_started_at == second.lease_started_at
+    with pytest.raises(SessionBusy):
+        chat_turn_begin(api_key=alice.api_key, turn=ChatTurnInput(user_message="Three", session_id="s"))
+
+
+def test_a_failure_after_upstream_answered_records_the_tokens_spent(alice: Persona) -> None:
+    prepared = chat_turn_begin(api_key=alice.api_key, turn=ChatTurnInput(user_message="Hi", session_id="s"))
+
+    chat_turn_fail(turn=prepared, error_code="internal_error", latency_ms=10, completion=COMPLETION)
+
+    assert list(UsageRecord.objects.values_list("outcome", "prompt_tokens", "completion_tokens")) == [
+        ("failed", 9, 2),
+    ]
+    assert Message.objects.get().status == "failed"
+
+
+def test_upstream_retries_are_cut_at_the_turns_deadline(
+    alice: Persona, fake_upstream: FakeUpstream, settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The SDK would wait out a 60-second Retry-After before retrying; the turn ends at its
+    deadline instead, well inside the session's lease."""
+    settings.LLM_TIMEOUT_SECONDS = 0.5
+    settings.LLM_MAX_RETRIES = 1
+    monkeypatch.setattr(services, "RETRY_WAIT_ALLOWANCE_SECONDS", 0.5)
+    fake_upstream.enqueue(Behaviour(status=429, headers={"retry-after": "60"}))
+
+    with pytest.raises(UpstreamTimeout):
+        run_turn(alice, user_message="Hi", session_id="s")
+
+    assert Message.objects.get().error_code == "upstream_timeout"
+    assert services.turn_lease().total_seconds() > services.upstream_deadline_seconds()

@@ -1,0 +1,115 @@
+"""Settings: development works with nothing set; production refuses unsafe values, saying what to set."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+SAFE_SECRET = "k" * 30 + "-production-secret-for-tests-only-0123456789"
+# A Fernet key made for these tests only.
+SAFE_ENCRYPTION_KEY = "dGVzdHMtb25seS1mZXJuZXQta2V5LTMyLWJ5dGVzISE="
+PRODUCTION = {
+    "DJANGO_ENV": "production", "SECRET_KEY": SAFE_SECRET, "ALLOWED_HOSTS": "llm.example.com",
+    "FIELD_ENCRYPTION_KEYS": SAFE_ENCRYPTION_KEY,
+}
+
+
+def load_settings(print_setting: str = "DEBUG", **env: str) -> subprocess.CompletedProcess:
+    """Import the settings in a fresh interpreter with exactly this configuration and print one."""
+    clean = {
+        k: v for k, v in os.environ.items()
+        if k not in {"SECRET_KEY", "DEBUG", "ALLOWED_HOSTS", "DJANGO_ENV", "FIELD_ENCRYPTION_KEYS"}
+    }
+    code = f"import django; django.setup(); from django.conf import settings; print(settings.{print_setting})"
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=PROJECT_DIR, env={**clean, "DJANGO_SETTINGS_MODULE": "llmserver.settings", "LOG_FILE": "", **env},
+        capture_output=True, text=True, timeout=60,
+    )
+
+
+def test_development_needs_no_configuration() -> None:
+    result = load_settings()
+
+    assert (result.returncode, result.stdout.strip()) == (0, "True")
+
+
+@pytest.mark.parametrize("secret", [None, "short", "django-insecure-" + "x" * 60, "abab" * 20])
+def test_production_refuses_a_missing_or_unsafe_secret(secret: str | None) -> None:
+    env = {"DJANGO_ENV": "production", "ALLOWED_HOSTS": "llm.example.com"}
+    if secret is not None:
+        env["SECRET_KEY"] = secret
+
+    result = load_settings(**env)
+
+    assert result.returncode != 0
+    assert "SECRET_KEY is missing or unsafe for production: set SECRET_KEY to a random string of at least 50 characters" in result.stderr
+
+
+def test_production_refuses_an_empty_host_list() -> None:
+    result = load_settings(DJANGO_ENV="production", SECRET_KEY=SAFE_SECRET)
+
+    assert result.returncode != 0
+    assert "ALLOWED_HOSTS is empty in production: set ALLOWED_HOSTS" in result.stderr
+
+
+def test_production_starts_with_safe_settings_and_debug_off() -> None:
+    result = load_settings(**PRODUCTION)
+
+    assert (result.returncode, result.stdout.strip()) == (0, "False"), result.stderr
+
+
+@pytest.mark.parametrize("keys", [None, "ZGV2ZWxvcG1lbnQtb25seS1rZXktZG8tbm90LXVzZT0="])
+def test_production_refuses_a_missing_or_development_encryption_key(keys: str | None) -> None:
+    env = {name: value for name, value in PRODUCTION.items() if name != "FIELD_ENCRYPTION_KEYS"}
+    if keys is not None:
+        env["FIELD_ENCRYPTION_KEYS"] = keys
+
+    result = load_settings(**env)
+
+    assert result.returncode != 0
+    assert "FIELD_ENCRYPTION_KEYS is missing or unsafe for production: set it to one or more comma-separated Fernet keys" in result.stderr
+
+
+def test_a_malformed_encryption_key_stops_start_up_with_a_sentence() -> None:
+    result = load_settings(**{**PRODUCTION, "FIELD_ENCRYPTION_KEYS": f"{SAFE_ENCRYPTION_KEY},not-a-key"})
+
+    assert result.returncode != 0
+    assert "FIELD_ENCRYPTION_KEYS holds a value that is not a Fernet key" in result.stderr
+
+
+def test_sqlite_is_configured_for_concurrent_writers(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", (
+            "import django; django.setup(); from django.db import connection; c = connection.cursor(); "
+            "print(c.execute('pragma journal_mode').fetchone()[0], c.execute('pragma busy_timeout').fetchone()[0], "
+            "connection.settings_dict['OPTIONS']['transaction_mode'])"
+        )],
+        cwd=PROJECT_DIR, capture_output=True, text=True, timeout=60,
+        env={**os.environ, "DJANGO_SETTINGS_MODULE": "llmserver.settings", "LOG_FILE": "",
+             "DATABASE_URL": f"sqlite:///{tmp_path / 'pragma-check.sqlite3'}"},
+    )
+
+    assert result.stdout.split() == ["wal", "20000", "IMMEDIATE"], result.stderr
+
+
+def test_context_windows_are_read_as_model_token_pairs() -> None:
+    result = load_settings("LLM_CONTEXT_WINDOWS", LLM_CONTEXT_WINDOWS="llama3=8192;qwen2.5=32768")
+
+    assert result.stdout.strip() == "{'llama3': 8192, 'qwen2.5': 32768}", result.stderr
+
+
+def test_malformed_context_windows_stop_start_up_with_a_sentence() -> None:
+    result = load_settings(LLM_CONTEXT_WINDOWS="llama3=8192,qwen2.5=32768")
+
+    assert result.returncode != 0
+    assert "LLM_CONTEXT_WINDOWS must be model=tokens pairs separated by semicolons" in result.stderr
+
+
+def test_redis_url_selects_the_shared_redis_cache() -> None:
+    result = load_settings("CACHES['default']['BACKEND']", REDIS_URL="redis://127.0.0.1:6379/0")
+
+    assert result.stdout.strip() == "django.core.cache.backends.redis.RedisCache", result.stderr
