@@ -4,18 +4,27 @@ The chat view is async (adrf): it waits on upstream for seconds and must not hol
 while it does. The session views are quick database reads and writes, so they stay sync.
 """
 
+import logging
+from collections.abc import AsyncIterator
+
 from adrf.views import APIView as AsyncAPIView
 from django.db.models import QuerySet
+from django.http.response import HttpResponseBase
 from django.utils.translation import gettext as _
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import serializers, status
+from rest_framework.settings import api_settings
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from chat import selectors, services
+from chat import selectors, services, turns
 from chat.models import ApiKey
 from chat.pagination import ApiPagination
+from chat.providers import StreamDelta
+from chat.services import ChatTurnInput
+from chat.sse import EventStreamRenderer, event_stream_response, sse_event
 from chat.upstreams import upstream_choose
 from chat.serializers import (
     UPSTREAM_KEY_HEADER,
@@ -31,7 +40,9 @@ from chat.serializers import (
     UsageRecordSerializer,
     UsageReportSerializer,
 )
-from llmserver.errors import ScopeMissing
+from llmserver.errors import INTERNAL_ERROR_MESSAGE, ApiError, ScopeMissing, error_body
+
+logger = logging.getLogger(__name__)
 
 
 def _errors(*statuses: int) -> dict[int, OpenApiResponse]:
@@ -60,13 +71,28 @@ def _page(
 
 
 class ChatView(AsyncAPIView):
+    renderer_classes = [*api_settings.DEFAULT_RENDERER_CLASSES, EventStreamRenderer]
+
     @extend_schema(
         operation_id="chat",
         summary="Send one message; the server builds the prompt from the stored session.",
+        description=(
+            "With `stream: true` the answer comes as server-sent events: `delta` events "
+            '(`{"delta": "..."}`), then one `done` event carrying this JSON response, or one `error` '
+            "event in the error shape if the turn fails after the stream started (the partial answer "
+            "is then stored, marked incomplete). Failures before the first delta are ordinary error "
+            "responses with their status codes."
+        ),
         request=ChatRequestSerializer,
-        responses={200: ChatResponseSerializer, **_errors(400, 401, 409, 413, 429, 502, 503, 504)},
+        responses={
+            (200, "application/json"): ChatResponseSerializer,
+            (200, "text/event-stream"): OpenApiResponse(
+                OpenApiTypes.STR, description="With stream: true, server-sent events."
+            ),
+            **_errors(400, 401, 409, 413, 429, 502, 503, 504),
+        },
     )
-    async def post(self, request: Request) -> Response:
+    async def post(self, request: Request) -> HttpResponseBase:
         serializer = ChatRequestSerializer(
             data=request.data, context={"upstream_key_header": request.headers.get(UPSTREAM_KEY_HEADER, "")}
         )
@@ -75,21 +101,44 @@ class ChatView(AsyncAPIView):
         upstream = await upstream_choose(
             api_key=request.auth, user_key=data["upstream_key"], free_mode=data["free_mode"]
         )
-        result = await services.chat_turn_run(
-            api_key=request.auth,
-            upstream=upstream,
-            turn=services.ChatTurnInput(
-                user_message=data["user_message"],
-                session_id=data["session_id"],
-                system_prompt=data["role"],
-                model=data["model"],
-                max_tokens=data["max_tokens"],
-                temperature=data["temperature"],
-                memory_context=data["memory_context"],
-                conversation_history=data["conversation_history"],
-            ),
+        turn = ChatTurnInput(
+            user_message=data["user_message"],
+            session_id=data["session_id"],
+            system_prompt=data["role"],
+            model=data["model"],
+            max_tokens=data["max_tokens"],
+            temperature=data["temperature"],
+            memory_context=data["memory_context"],
+            conversation_history=data["conversation_history"],
         )
-        return Response(ChatResponseSerializer(result).data)
+        if not data["stream"]:
+            result = await turns.chat_turn_run(api_key=request.auth, upstream=upstream, turn=turn)
+            return Response(ChatResponseSerializer(result).data)
+        pieces = turns.chat_turn_stream(api_key=request.auth, upstream=upstream, turn=turn)
+        # Up to the first piece, a failure is an ordinary error response with its status code.
+        first = await anext(pieces)
+        return event_stream_response(_chat_events(first, pieces))
+
+
+async def _chat_events(
+    first: StreamDelta | turns.ChatTurnResult, pieces: AsyncIterator[StreamDelta | turns.ChatTurnResult]
+) -> AsyncIterator[bytes]:
+    """The turn as server-sent events: `delta`s, then `done` (the JSON response) or `error`."""
+    piece = first
+    try:
+        while isinstance(piece, StreamDelta):
+            yield sse_event({"delta": piece.text}, event="delta")
+            piece = await anext(pieces)
+        yield sse_event(ChatResponseSerializer(piece).data, event="done")
+    except ApiError as exc:
+        yield sse_event(error_body(error_code=exc.error_code, error_message=exc.message, details=exc.details),
+                        event="error")
+    except Exception:
+        logger.exception("Streamed chat failed")
+        yield sse_event(error_body(error_code="internal_error", error_message=INTERNAL_ERROR_MESSAGE), event="error")
+    finally:
+        # Ends the turn now if the client went away mid-stream (stores what was generated).
+        await pieces.aclose()
 
 
 class SessionListView(APIView):

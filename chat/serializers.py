@@ -126,6 +126,13 @@ class ChatRequestSerializer(serializers.Serializer):
         required=False, default=False,
         help_text="With your own key: check it first and fall back to the server's key if it is not accepted.",
     )
+    stream = StrictBooleanField(
+        required=False, default=False,
+        help_text=(
+            "Answer as server-sent events (text/event-stream): `delta` events with {\"delta\": \"...\"}, "
+            "then one `done` event with this endpoint's JSON response, or one `error` event in the error shape."
+        ),
+    )
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         """Resolve the caller's upstream key from the header (passed in the context) or the body."""

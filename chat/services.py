@@ -14,10 +14,8 @@ a timestamp taken with a conditional UPDATE, so it holds across worker processes
 its own after the longest a turn can take, so a crashed worker cannot lock a session forever.
 """
 
-import asyncio
 import logging
 import re
-import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -25,7 +23,6 @@ from datetime import timezone as dt_timezone
 from decimal import Decimal
 from typing import Any
 
-from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import F, Q
@@ -33,7 +30,7 @@ from django.utils import timezone
 from django.utils.translation import gettext as _
 
 from chat import crypto, keys, limits, selectors, tokens
-from chat.context import Prompt, build_prompt
+from chat.context import Prompt, build_prompt, context_window_for_model
 from chat.models import (
     ApiKey,
     ApiKeyEvent,
@@ -45,16 +42,14 @@ from chat.models import (
     UsageRecord,
 )
 from chat.providers import Completion, CompletionRequest, default_model
-from chat.upstreams import UpstreamChoice
 from llmserver.errors import (
-    ApiError,
+    ContextTooLong,
     InvalidInput,
     ModelNotAllowed,
     ModelNotAvailable,
     SessionAlreadyExists,
     SessionBusy,
     SessionNotFound,
-    UpstreamTimeout,
 )
 
 logger = logging.getLogger(__name__)
@@ -335,40 +330,57 @@ class ChatTurnInput:
     memory_context: list[str] = field(default_factory=list)
     # Earlier turns as (role, content), imported only into a session with no messages yet.
     conversation_history: list[tuple[str, str]] = field(default_factory=list)
+    # Further sampling parameters passed upstream as they are (the OpenAI-compatible endpoint's
+    # top_p, stop, seed, …); already validated.
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StatelessTurnInput:
+    """A call that keeps no conversation (the OpenAI-compatible endpoint without X-Session-Id):
+    the client sends the whole prompt, nothing is stored but the call's usage."""
+
+    messages: list[dict[str, str]]
+    model: str = ""
+    max_tokens: int = DEFAULT_MAX_TOKENS
+    temperature: float = DEFAULT_TEMPERATURE
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class PreparedTurn:
+    """A turn whose question is stored (or, stateless, only checked) and whose prompt is built:
+    what the upstream call and the turn's end need."""
+
     api_key_id: int
-    session_pk: int
+    # None for a stateless turn: no session, no stored message, no lease.
+    session_pk: int | None
     session_id: str
-    user_message_id: int
+    user_message_id: int | None
     model: str
     prompt: Prompt
     max_tokens: int
     temperature: float
     warnings: list[str]
     # The lease this turn holds: only this turn's end may release it.
-    lease_started_at: datetime
+    lease_started_at: datetime | None
     key_source: str = UsageRecord.KeySource.DEFAULT
     # What the turn reserved against the key's limits, settled when it ends.
     reservations: tuple[limits.Reservation, ...] = ()
+    options: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def stateless(self) -> bool:
+        return self.session_pk is None
 
-@dataclass(frozen=True)
-class ChatTurnResult:
-    session_id: str
-    message_id: int
-    user_message_id: int
-    response_text: str
-    model: str
-    prompt_tokens: int
-    completion_tokens: int
-    total_tokens_used: int
-    response_time: float
-    key_source: str
-    warnings: list[str]
-    finish_reason: str | None
+    def completion_request(self) -> CompletionRequest:
+        return CompletionRequest(
+            model=self.model,
+            messages=self.prompt.messages,
+            max_tokens=self.max_tokens,
+            temperature=self.temperature,
+            options=self.options,
+        )
 
 
 def upstream_deadline_seconds() -> float:
@@ -512,11 +524,71 @@ def chat_turn_begin(
         lease_started_at=now,
         key_source=key_source,
         reservations=tuple(reservations),
+        options=turn.options,
     )
 
 
-def chat_turn_complete(*, turn: PreparedTurn, completion: Completion, latency_ms: int) -> Message:
-    """Step 3 on success, in one transaction: the answer, its usage, the session's totals."""
+def stateless_turn_begin(
+    *, api_key: ApiKey, turn: StatelessTurnInput, key_source: str = UsageRecord.KeySource.DEFAULT
+) -> PreparedTurn:
+    """Step 1 of a turn that keeps no conversation: check the model and the prompt's size, and
+    reserve against the key's limits. Stores nothing.
+
+    Raises ModelNotAllowed or ModelNotAvailable, ContextTooLong, or LimitExceeded.
+    """
+    model = turn.model or model_default_for(api_key)
+    _check_model(api_key=api_key, model=model, key_source=key_source)
+    prompt_tokens = tokens.count_prompt_tokens(turn.messages, model=model)
+    window = context_window_for_model(model)
+    if prompt_tokens + turn.max_tokens > window:
+        raise ContextTooLong(
+            _(
+                "The messages do not fit in the context window: they need %(needed)d tokens, but %(model)s "
+                "has %(window)d tokens of which max_tokens=%(max_tokens)d are kept for the answer. Send fewer "
+                "messages or lower max_tokens."
+            )
+            % {"needed": prompt_tokens, "model": model, "window": window, "max_tokens": turn.max_tokens},
+            details={"needed_tokens": prompt_tokens, "context_window": window, "max_tokens": turn.max_tokens},
+        )
+    now = timezone.now()
+    with transaction.atomic():
+        reservations = limits.reserve(
+            api_key=api_key, model=model, prompt_tokens=prompt_tokens, max_tokens=turn.max_tokens, now=now
+        )
+    return PreparedTurn(
+        api_key_id=api_key.pk,
+        session_pk=None,
+        session_id="",
+        user_message_id=None,
+        model=model,
+        prompt=Prompt(messages=turn.messages, prompt_tokens=prompt_tokens, history_used=0, history_truncated=False),
+        max_tokens=turn.max_tokens,
+        temperature=turn.temperature,
+        warnings=[],
+        lease_started_at=None,
+        key_source=key_source,
+        reservations=tuple(reservations),
+        options=turn.options,
+    )
+
+
+def chat_turn_complete(
+    *, turn: PreparedTurn, completion: Completion, latency_ms: int, cut_short_by: str = ""
+) -> Message | None:
+    """Step 3 when upstream answered, in one transaction: the answer, its usage, the session's
+    totals. Returns the stored answer (None for a stateless turn, which stores none).
+
+    `cut_short_by` is the error code of whatever ended a streamed answer early (the client went
+    away, upstream dropped): the partial answer and its question are stored marked incomplete, so
+    that they are kept but never replayed, and the call is recorded as partial.
+    """
+    if turn.stateless:
+        outcome = UsageRecord.Outcome.PARTIAL if cut_short_by else UsageRecord.Outcome.SUCCESS
+        with transaction.atomic():
+            _record_usage(turn=turn, completion=completion, latency_ms=latency_ms, outcome=outcome,
+                          error_code=cut_short_by)
+        return None
+    status = Message.Status.INCOMPLETE if cut_short_by else Message.Status.COMPLETE
     answer = _stored_message(
         session_pk=turn.session_pk,
         role=Message.Role.ASSISTANT,
@@ -525,16 +597,19 @@ def chat_turn_complete(*, turn: PreparedTurn, completion: Completion, latency_ms
         prompt_tokens=completion.prompt_tokens,
         completion_tokens=completion.completion_tokens,
         latency_ms=latency_ms,
+        status=status,
+        error_code=cut_short_by,
     )
     answer.model = completion.model
     with transaction.atomic():
         session_exists = _session_still_there(turn)
         _record_usage(
-            turn=turn, completion=completion, latency_ms=latency_ms, outcome=UsageRecord.Outcome.SUCCESS,
-            session_exists=session_exists,
+            turn=turn, completion=completion, latency_ms=latency_ms,
+            outcome=UsageRecord.Outcome.PARTIAL if cut_short_by else UsageRecord.Outcome.SUCCESS,
+            error_code=cut_short_by, session_exists=session_exists,
         )
         if session_exists:
-            Message.objects.filter(pk=turn.user_message_id).update(status=Message.Status.COMPLETE)
+            Message.objects.filter(pk=turn.user_message_id).update(status=status, error_code=cut_short_by)
             answer.save()
             ChatSession.objects.filter(pk=turn.session_pk).update(
                 prompt_tokens_total=F("prompt_tokens_total") + completion.prompt_tokens,
@@ -664,6 +739,11 @@ def chat_turn_fail(
     """Step 3 on failure, in one transaction: the user's message is kept, marked failed (so it is
     never replayed); no answer is invented; the call is recorded as failed, with the tokens of
     `completion` when upstream did answer (and storing the answer is what failed), else none."""
+    if turn.stateless:
+        with transaction.atomic():
+            _record_usage(turn=turn, completion=completion, latency_ms=latency_ms,
+                          outcome=UsageRecord.Outcome.FAILED, error_code=error_code)
+        return
     with transaction.atomic():
         session_exists = _session_still_there(turn)
         Message.objects.filter(pk=turn.user_message_id).update(status=Message.Status.FAILED, error_code=error_code)
@@ -672,95 +752,3 @@ def chat_turn_fail(
         if session_exists:
             ChatSession.objects.filter(pk=turn.session_pk).update(updated_at=timezone.now())
             _release_lease(turn)
-
-
-def _elapsed_ms(started: float) -> int:
-    return round((time.perf_counter() - started) * 1000)
-
-
-async def chat_turn_run(*, api_key: ApiKey, upstream: UpstreamChoice, turn: ChatTurnInput) -> ChatTurnResult:
-    """One whole turn: store the question, ask the model, store the answer.
-
-    Raises the ApiError of whatever failed; after an upstream failure the user's message is kept
-    (failed) and the error's details name it, so that the client can find it.
-    """
-    started = time.perf_counter()
-    begin = asyncio.ensure_future(
-        sync_to_async(chat_turn_begin)(api_key=api_key, turn=turn, key_source=upstream.key_source)
-    )
-    try:
-        prepared = await asyncio.shield(begin)
-    except asyncio.CancelledError:
-        # The client went away while the question was being stored. The write goes on in its
-        # thread regardless: wait for it, then end the turn so the session is not left locked.
-        try:
-            prepared = await begin
-        except ApiError:
-            raise asyncio.CancelledError from None
-        await sync_to_async(chat_turn_fail)(turn=prepared, error_code="client_disconnected", latency_ms=0)
-        raise
-    logger.info(
-        "chat start session=%s key=%s model=%s key_source=%s history_messages=%d prompt_tokens=%d",
-        prepared.session_id, api_key.key_id, prepared.model, prepared.key_source, prepared.prompt.history_used,
-        prepared.prompt.prompt_tokens,
-    )
-    upstream_started = time.perf_counter()
-    try:
-        try:
-            async with asyncio.timeout(upstream_deadline_seconds()):
-                completion = await upstream.provider.complete(
-                    CompletionRequest(
-                        model=prepared.model,
-                        messages=prepared.prompt.messages,
-                        max_tokens=prepared.max_tokens,
-                        temperature=prepared.temperature,
-                    )
-                )
-        except TimeoutError:
-            raise UpstreamTimeout() from None
-    except BaseException as exc:
-        # Upstream failed, or the client went away (CancelledError), or a bug: in every case the
-        # turn ends here and the session must be released.
-        error_code = exc.error_code if isinstance(exc, ApiError) else (
-            "client_disconnected" if isinstance(exc, asyncio.CancelledError) else "internal_error"
-        )
-        latency_ms = _elapsed_ms(upstream_started)
-        await asyncio.shield(sync_to_async(chat_turn_fail)(turn=prepared, error_code=error_code, latency_ms=latency_ms))
-        logger.warning(
-            "chat failed session=%s error=%s latency_ms=%d", prepared.session_id, error_code, latency_ms
-        )
-        if isinstance(exc, ApiError):
-            exc.details.update(session_id=prepared.session_id, user_message_id=prepared.user_message_id)
-        raise
-    latency_ms = _elapsed_ms(upstream_started)
-    try:
-        answer = await sync_to_async(chat_turn_complete)(turn=prepared, completion=completion, latency_ms=latency_ms)
-    except SessionNotFound:
-        raise
-    except Exception:
-        # The answer could not be stored (its transaction rolled back): record the tokens spent
-        # and release the session rather than leave it locked until the lease runs out.
-        await sync_to_async(chat_turn_fail)(
-            turn=prepared, error_code="internal_error", latency_ms=latency_ms, completion=completion
-        )
-        raise
-    total_tokens = completion.prompt_tokens + completion.completion_tokens
-    logger.info(
-        "chat end session=%s tokens=%d prompt_tokens=%d completion_tokens=%d upstream_ms=%d total_ms=%d",
-        prepared.session_id, total_tokens, completion.prompt_tokens, completion.completion_tokens,
-        latency_ms, _elapsed_ms(started),
-    )
-    return ChatTurnResult(
-        session_id=prepared.session_id,
-        message_id=answer.pk,
-        user_message_id=prepared.user_message_id,
-        response_text=completion.text,
-        model=completion.model,
-        prompt_tokens=completion.prompt_tokens,
-        completion_tokens=completion.completion_tokens,
-        total_tokens_used=total_tokens,
-        response_time=round(time.perf_counter() - started, 3),
-        key_source=prepared.key_source,
-        warnings=[*upstream.warnings, *prepared.warnings],
-        finish_reason=completion.finish_reason,
-    )

@@ -103,6 +103,12 @@ class PageNotFound(ApiError):
     default_message = _("This page of results does not exist.")
 
 
+class ModelNotFound(ApiError):
+    status_code = status.HTTP_404_NOT_FOUND
+    error_code = "model_not_found"
+    default_message = _("This model does not exist or this key may not use it.")
+
+
 class SessionNotFound(ApiError):
     status_code = status.HTTP_404_NOT_FOUND
     error_code = "session_not_found"
@@ -159,6 +165,11 @@ class UpstreamBadResponse(UpstreamError):
     default_message = _("The model provider sent a response that could not be read.")
 
 
+class UpstreamInterrupted(UpstreamError):
+    error_code = "upstream_interrupted"
+    default_message = _("The model provider's connection broke off in the middle of its answer; what it sent was kept.")
+
+
 class UpstreamRateLimited(UpstreamError):
     status_code = status.HTTP_429_TOO_MANY_REQUESTS
     error_code = "upstream_rate_limited"
@@ -175,6 +186,9 @@ class UpstreamTimeout(UpstreamError):
     status_code = status.HTTP_504_GATEWAY_TIMEOUT
     error_code = "upstream_timeout"
     default_message = _("The model provider did not answer in time; try again later.")
+
+
+INTERNAL_ERROR_MESSAGE = _("The server failed unexpectedly; the error was logged.")
 
 
 def error_body(*, error_code: str, error_message: Any, details: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -275,19 +289,63 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
     return _response(
         status_code=status.HTTP_500_INTERNAL_SERVER_ERROR,
         error_code="internal_error",
-        message=_("The server failed unexpectedly; the error was logged."),
+        message=INTERNAL_ERROR_MESSAGE,
     )
 
 
+# --- The OpenAI-compatible API's errors (chat.openai_api) -------------------------------------
+
+_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    409: "conflict_error",
+    413: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+}
+
+
+def openai_error(*, status_code: int, error_code: str, message: Any, details: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`{"error": {"message", "type", "param", "code"}}`: what OpenAI's SDKs read. Our stable
+    error code is `code`; `details` is kept beside it."""
+    details = details or {}
+    param = next(iter(details), None) if error_code == "validation_error" else None
+    return {
+        "error": {
+            "message": str(message),
+            "type": _ERROR_TYPES.get(status_code, "server_error" if status_code >= 500 else "invalid_request_error"),
+            "param": param,
+            "code": error_code,
+            "details": details,
+        }
+    }
+
+
+def openai_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    """Our one error shape, recast in OpenAI's (same status, same code, same sentence)."""
+    response = api_exception_handler(exc, context)
+    if response is not None and isinstance(response.data, dict) and "error_code" in response.data:
+        body = response.data
+        response.data = openai_error(
+            status_code=response.status_code, error_code=body["error_code"], message=body["error_message"],
+            details=body.get("details"),
+        )
+    return response
+
+
 API_PATH_PREFIXES = ("/api/", "/v1/")
+OPENAI_PATH_PREFIX = "/v1/"
 
 
 def not_found(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
     """handler404: the one shape for API addresses no view matched, Django's page elsewhere."""
+    message = _("Nothing exists at this address.")
+    if request.path.startswith(OPENAI_PATH_PREFIX):
+        return JsonResponse(openai_error(status_code=404, error_code="not_found", message=message), status=404)
     if request.path.startswith(API_PATH_PREFIXES):
-        return JsonResponse(
-            error_body(error_code="not_found", error_message=_("Nothing exists at this address.")), status=404
-        )
+        return JsonResponse(error_body(error_code="not_found", error_message=message), status=404)
     return defaults.page_not_found(request, exception or Http404())
 
 
@@ -297,7 +355,7 @@ def server_error(request: HttpRequest) -> HttpResponse:
         return JsonResponse(
             error_body(
                 error_code="internal_error",
-                error_message=_("The server failed unexpectedly; the error was logged."),
+                error_message=INTERNAL_ERROR_MESSAGE,
             ),
             status=500,
         )

@@ -7,6 +7,7 @@ from llmserver import errors
 urlpatterns = [
     path("api/v1/", include("chat.urls")),
     path("api/v1/system/", include("monitoring.urls")),
+    path("v1/", include("chat.openai_urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
     path("admin/", admin.site.urls),

@@ -24,6 +24,9 @@ from chat.models import ApiKey
 from chat.services import api_key_create
 from tests.fake_upstream import FakeUpstream
 
+# The module-scoped real-server fixtures (serve, offline_server, upstream_server).
+pytest_plugins = ["tests.served"]
+
 UPSTREAM_TEST_KEY = "sk-upstream-test-key-0000"
 # A caller's own upstream key (bring your own key), watched like a client key.
 BYOK_SENTINEL = "sk-byok-SENTINEL-4f1c9e2b7a6d5c3e8f0a1b2c3d4e5f60"

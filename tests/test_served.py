@@ -7,11 +7,8 @@ import os
 import re
 import socket
 import sqlite3
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -20,119 +17,9 @@ import pytest
 
 from tests.conftest import BYOK_SENTINEL, UPSTREAM_TEST_KEY
 from tests.fake_upstream import Behaviour, FakeUpstream
+from tests.served import POSTGRES_ADMIN_URL, Served, _manage, chats_at_once
 
 pytestmark = pytest.mark.e2e
-
-PROJECT_DIR = Path(__file__).resolve().parent.parent
-STARTUP_TIMEOUT_SECONDS = 30
-# Where the served-on-PostgreSQL tests create (and drop) a database of their own.
-POSTGRES_ADMIN_URL = os.environ.get("POSTGRES_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-
-
-@dataclass
-class Served:
-    base_url: str
-    api_key: str
-    database: Path
-    log_file: Path
-    # The environment the server runs with, for manage.py commands against the same database.
-    env: dict[str, str]
-
-    def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.api_key}"}
-
-    def rows(self, sql: str) -> list[tuple]:
-        with sqlite3.connect(self.database) as connection:
-            return connection.execute(sql).fetchall()
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _manage(*args: str, env: dict[str, str]) -> str:
-    result = subprocess.run(
-        [sys.executable, "manage.py", *args], cwd=PROJECT_DIR, env=env, capture_output=True, text=True, timeout=120,
-    )
-    assert result.returncode == 0, result.stderr
-    return result.stdout
-
-
-def chats_at_once(served: Served, bodies: list[dict], key: str | None = None) -> list[int]:
-    """POST every body to /api/v1/chat at the same time; the statuses, in order."""
-    async def run() -> list[int]:
-        headers = {"Authorization": f"Bearer {key}"} if key else served.headers()
-        async with httpx.AsyncClient(
-            base_url=served.base_url, headers=headers, timeout=60, limits=httpx.Limits(max_connections=300)
-        ) as client:
-            responses = await asyncio.gather(*(client.post("/api/v1/chat", json=body) for body in bodies))
-        return [r.status_code for r in responses]
-
-    return asyncio.run(run())
-
-
-@pytest.fixture(scope="module")
-def serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
-    """Starts servers on demand; stops them all at the end of the module."""
-    processes: list[subprocess.Popen] = []
-
-    def start(**extra_env: str) -> Served:
-        workdir = tmp_path_factory.mktemp("served")
-        port = _free_port()
-        env = {name: value for name, value in os.environ.items() if not name.startswith(("OPENAI_", "LLM_"))}
-        env.update(
-            DJANGO_ENV="development",
-            LOG_FILE=str(workdir / "app.log"),
-            SERVER_PORT=str(port),
-            WEB_CONCURRENCY="2",
-            ACCESS_LOG="false",
-        )
-        env.pop("DATABASE_URL", None)
-        env.update(extra_env)
-        env.setdefault("DATABASE_URL", f"sqlite:///{workdir / 'db.sqlite3'}")
-        _manage("migrate", "--noinput", env=env)
-        api_key = _manage("create_api_key", "--name", "e2e", env=env).strip().splitlines()[-1]
-        process = subprocess.Popen(
-            [sys.executable, "manage.py", "serve"], cwd=PROJECT_DIR, env=env,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        processes.append(process)
-        base_url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
-        while True:
-            assert process.poll() is None, "the server exited during start-up"
-            try:
-                if httpx.get(f"{base_url}/api/v1/system/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the server did not start in time"
-            time.sleep(0.2)
-        return Served(
-            base_url=base_url, api_key=api_key, database=workdir / "db.sqlite3", log_file=workdir / "app.log", env=env
-        )
-
-    yield start
-    for process in processes:
-        process.terminate()
-    for process in processes:
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-
-
-@pytest.fixture(scope="module")
-def offline_server(serve) -> Served:
-    return serve()
-
-
-@pytest.fixture(scope="module")
-def upstream_server(serve, fake_upstream_server: FakeUpstream) -> Served:
-    return serve(OPENAI_BASE_URL=fake_upstream_server.base_url, OPENAI_API_KEY=UPSTREAM_TEST_KEY)
-
 
 def test_the_original_integration_test_passes_over_real_http(offline_server: Served) -> None:
     response = httpx.post(

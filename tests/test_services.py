@@ -12,7 +12,8 @@ from chat import services
 
 from chat.models import ChatSession, Message, UsageRecord
 from chat.providers import get_provider
-from chat.services import ChatTurnInput, chat_turn_begin, chat_turn_complete, chat_turn_fail, chat_turn_run
+from chat.services import ChatTurnInput, chat_turn_begin, chat_turn_complete, chat_turn_fail
+from chat.turns import chat_turn_run
 from chat.providers.base import Completion
 from chat.upstreams import UpstreamChoice
 from llmserver.errors import SessionBusy, SessionNotFound, UpstreamTimeout
@@ -117,7 +118,7 @@ def test_it_logs_start_and_end_with_session_and_tokens_but_never_the_contents(
 
     run_turn(alice, user_message="My secret question", session_id="logged", system_prompt="Secret persona")
 
-    chat_lines = [r.getMessage() for r in caplog.records if r.name == "chat.services"]
+    chat_lines = [r.getMessage() for r in caplog.records if r.name == "chat.turns"]
     assert chat_lines[0].startswith("chat start session=logged key=")
     assert chat_lines[1].startswith("chat end session=logged tokens=14 prompt_tokens=11 completion_tokens=3 ")
     everything = "\n".join(r.getMessage() for r in caplog.records)

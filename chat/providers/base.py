@@ -1,8 +1,8 @@
 """The one small interface every upstream model provider implements."""
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 
 @dataclass(frozen=True)
@@ -13,6 +13,9 @@ class CompletionRequest:
     messages: list[dict[str, str]]
     max_tokens: int
     temperature: float
+    # Further sampling parameters (top_p, stop, seed, …), validated by the caller and passed upstream as
+    # they are; the offline provider ignores them.
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -32,9 +35,10 @@ class Completion:
 
 @dataclass(frozen=True)
 class StreamDelta:
-    """A piece of the answer as it is written."""
+    """A piece of the answer as it is written, and the model writing it."""
 
     text: str
+    model: str
 
 
 class ChatProvider(Protocol):

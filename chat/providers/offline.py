@@ -58,7 +58,7 @@ class OfflineProvider:
     async def stream(self, request: CompletionRequest) -> AsyncIterator[StreamDelta | Completion]:
         completion = self._answer(request)
         for word in _WORD.findall(completion.text):
-            yield StreamDelta(text=word)
+            yield StreamDelta(text=word, model=OFFLINE_MODEL_NAME)
             # Let other requests run between words, as a network stream would.
             await asyncio.sleep(0)
         yield completion

@@ -26,6 +26,7 @@ from llmserver.errors import (
     UpstreamAuthFailed,
     UpstreamBadResponse,
     UpstreamError,
+    UpstreamInterrupted,
     UpstreamRateLimited,
     UpstreamRejectedRequest,
     UpstreamTimeout,
@@ -137,6 +138,7 @@ class OpenAICompatibleProvider:
     @staticmethod
     def _body(request: CompletionRequest) -> dict[str, Any]:
         return {
+            **request.options,
             "model": request.model,
             "messages": request.messages,
             "max_tokens": request.max_tokens,
@@ -190,9 +192,14 @@ class OpenAICompatibleProvider:
                         finish_reason = choice.finish_reason or finish_reason
                         if choice.delta.content:
                             parts.append(choice.delta.content)
-                            yield StreamDelta(text=choice.delta.content)
+                            yield StreamDelta(text=choice.delta.content, model=model)
+        except openai.APIConnectionError as exc:
+            # Once chunks have arrived, a broken connection is an answer cut off, not an upstream down.
+            raise (UpstreamInterrupted() if parts else self._error(exc)) from exc
         except openai.OpenAIError as exc:
             raise self._error(exc) from exc
+        except httpx2.TransportError as exc:
+            raise (UpstreamInterrupted() if parts else UpstreamUnavailable()) from exc
         except (ValueError, json.JSONDecodeError, httpx2.HTTPError) as exc:
             raise UpstreamBadResponse() from exc
         yield _with_usage(request, text="".join(parts), model=model, usage=usage, finish_reason=finish_reason)
