@@ -24,8 +24,8 @@ from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
-from django.db.models import F, Q
+from django.db import IntegrityError, connection, transaction
+from django.db.models import Case, F, Q, Value, When
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
@@ -602,7 +602,11 @@ def chat_turn_complete(
     )
     answer.model = completion.model
     with transaction.atomic():
-        session_exists = _session_still_there(turn)
+        session_exists = _end_session_turn(
+            turn,
+            prompt_tokens_total=F("prompt_tokens_total") + completion.prompt_tokens,
+            completion_tokens_total=F("completion_tokens_total") + completion.completion_tokens,
+        )
         _record_usage(
             turn=turn, completion=completion, latency_ms=latency_ms,
             outcome=UsageRecord.Outcome.PARTIAL if cut_short_by else UsageRecord.Outcome.SUCCESS,
@@ -611,12 +615,6 @@ def chat_turn_complete(
         if session_exists:
             Message.objects.filter(pk=turn.user_message_id).update(status=status, error_code=cut_short_by)
             answer.save()
-            ChatSession.objects.filter(pk=turn.session_pk).update(
-                prompt_tokens_total=F("prompt_tokens_total") + completion.prompt_tokens,
-                completion_tokens_total=F("completion_tokens_total") + completion.completion_tokens,
-                updated_at=timezone.now(),
-            )
-            _release_lease(turn)
     if not session_exists:
         # Deleted while upstream answered (possible only once the lease had run out): the tokens
         # were spent all the same, so they were recorded above, against no session.
@@ -627,17 +625,22 @@ def chat_turn_complete(
     return answer
 
 
-def _session_still_there(turn: PreparedTurn) -> bool:
-    """Locks the session row for the rest of the transaction (a no-op on SQLite, whose
-    transactions are already serialised by BEGIN IMMEDIATE)."""
-    return ChatSession.objects.select_for_update().filter(pk=turn.session_pk).exists()
+def _end_session_turn(turn: PreparedTurn, **changes: Any) -> bool:
+    """Release the turn's lease and apply `changes` to the session, in one UPDATE that also locks
+    the row for the rest of the transaction. False when the session is gone (deleted while
+    upstream answered, possible only once the lease had run out).
 
-
-def _release_lease(turn: PreparedTurn) -> None:
-    # Only this turn's own lease: if it ran out and another turn took the session since, that
-    # turn's lease stays.
-    ChatSession.objects.filter(pk=turn.session_pk, turn_started_at=turn.lease_started_at).update(
-        turn_started_at=None
+    Only this turn's own lease is released: if it ran out and another turn took the session
+    since, that turn's lease stays.
+    """
+    return bool(
+        ChatSession.objects.filter(pk=turn.session_pk).update(
+            turn_started_at=Case(
+                When(turn_started_at=turn.lease_started_at, then=Value(None)), default=F("turn_started_at")
+            ),
+            updated_at=timezone.now(),
+            **changes,
+        )
     )
 
 
@@ -716,21 +719,32 @@ def _usage_daily_add(record: UsageRecord) -> None:
         "total_tokens": record.total_tokens,
         "cost": record.cost,
     }
-    _roll_up_add(UsageDaily, {"api_key_id": record.api_key_id, "model": record.model, "day": day}, counts)
+    _roll_up_add(UsageDaily, {"api_key": record.api_key_id, "model": record.model, "day": day}, counts)
     _roll_up_add(UsageDailyTotal, {"model": record.model, "day": day}, counts)
 
 
 def _roll_up_add(model: type[UsageDaily] | type[UsageDailyTotal], identity: dict[str, Any], counts: dict[str, Any]) -> None:
-    rows = model.objects.filter(**identity)
-    if rows.update(**{name: F(name) + value for name, value in counts.items()}):
-        return
+    """Add `counts` to the roll-up row of `identity` (field name -> value), creating it on the
+    day's first call. The UPDATE is written out: two run on every call, and building them with
+    the ORM's F() expressions cost 0.3 ms each on PostgreSQL (bench/chat_throughput.py); the
+    statement is plain SQL that SQLite and PostgreSQL both run."""
+    quote = connection.ops.quote_name
+    assignments = ", ".join(f"{quote(name)} = {quote(name)} + %s" for name in counts)
+    conditions = " AND ".join(f"{quote(model._meta.get_field(name).column)} = %s" for name in identity)
+    sql = f"UPDATE {quote(model._meta.db_table)} SET {assignments} WHERE {conditions}"
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [*counts.values(), *identity.values()])
+        if cursor.rowcount:
+            return
     try:
         # The first call of its day. Two first calls at once: the unique constraint lets one
         # insert win, and the other adds to its row.
         with transaction.atomic():
-            model.objects.create(**identity, **counts)
+            model.objects.create(**{model._meta.get_field(name).attname: value for name, value in identity.items()},
+                                 **counts)
     except IntegrityError:
-        rows.update(**{name: F(name) + value for name, value in counts.items()})
+        with connection.cursor() as cursor:
+            cursor.execute(sql, [*counts.values(), *identity.values()])
 
 
 def chat_turn_fail(
@@ -745,10 +759,7 @@ def chat_turn_fail(
                           outcome=UsageRecord.Outcome.FAILED, error_code=error_code)
         return
     with transaction.atomic():
-        session_exists = _session_still_there(turn)
+        session_exists = _end_session_turn(turn)
         Message.objects.filter(pk=turn.user_message_id).update(status=Message.Status.FAILED, error_code=error_code)
         _record_usage(turn=turn, completion=completion, latency_ms=latency_ms, outcome=UsageRecord.Outcome.FAILED,
                       error_code=error_code, session_exists=session_exists)
-        if session_exists:
-            ChatSession.objects.filter(pk=turn.session_pk).update(updated_at=timezone.now())
-            _release_lease(turn)

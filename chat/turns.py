@@ -16,10 +16,12 @@ cancellation, so that a client who disconnects cannot leave a turn half-written.
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from asgiref.sync import sync_to_async
+from django import db
 
 from chat import services, tokens
 from chat.models import ApiKey, Message
@@ -29,6 +31,7 @@ from chat.upstreams import UpstreamChoice
 from llmserver.errors import ApiError, SessionNotFound, UpstreamBadResponse, UpstreamTimeout
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 CLIENT_DISCONNECTED = "client_disconnected"
 INTERNAL_ERROR = "internal_error"
@@ -51,6 +54,23 @@ class ChatTurnResult:
     finish_reason: str | None
 
 
+def _in_thread(step: Callable[..., T]) -> Callable[..., Awaitable[T]]:
+    """`step` run in the request's thread, its database connection handed back (to the pool)
+    as soon as it returns: a turn holds no connection while it waits on upstream, which may
+    take minutes. Without this, every turn in flight kept one, and a pool of 10 stalled the
+    11th concurrent stream until the pool's timeout."""
+
+    def run(**kwargs: Any) -> T:
+        try:
+            return step(**kwargs)
+        finally:
+            # (Inside a test's transaction the connection must stay: nothing else is open then.)
+            if not db.connection.in_atomic_block:
+                db.connection.close()
+
+    return sync_to_async(run)
+
+
 def _elapsed_ms(started: float) -> int:
     return round((time.perf_counter() - started) * 1000)
 
@@ -67,7 +87,7 @@ async def _begin(*, api_key: ApiKey, upstream: UpstreamChoice, turn: ChatTurnInp
     """Step 1 in a thread. If the client goes away meanwhile, the write goes on regardless: wait
     for it, then end the turn so that the session is not left locked."""
     step = services.chat_turn_begin if isinstance(turn, ChatTurnInput) else services.stateless_turn_begin
-    begin = asyncio.ensure_future(sync_to_async(step)(api_key=api_key, turn=turn, key_source=upstream.key_source))
+    begin = asyncio.ensure_future(_in_thread(step)(api_key=api_key, turn=turn, key_source=upstream.key_source))
     try:
         prepared = await asyncio.shield(begin)
     except asyncio.CancelledError:
@@ -75,7 +95,7 @@ async def _begin(*, api_key: ApiKey, upstream: UpstreamChoice, turn: ChatTurnInp
             prepared = await begin
         except ApiError:
             raise asyncio.CancelledError from None
-        await sync_to_async(services.chat_turn_fail)(turn=prepared, error_code=CLIENT_DISCONNECTED, latency_ms=0)
+        await _in_thread(services.chat_turn_fail)(turn=prepared, error_code=CLIENT_DISCONNECTED, latency_ms=0)
         raise
     logger.info(
         "chat start session=%s key=%s model=%s key_source=%s history_messages=%d prompt_tokens=%d",
@@ -89,7 +109,7 @@ async def _end_failed(*, prepared: PreparedTurn, exc: BaseException, latency_ms:
     """The turn failed before upstream answered anything: record it and release the session."""
     error_code = _error_code_of(exc)
     await asyncio.shield(
-        sync_to_async(services.chat_turn_fail)(turn=prepared, error_code=error_code, latency_ms=latency_ms)
+        _in_thread(services.chat_turn_fail)(turn=prepared, error_code=error_code, latency_ms=latency_ms)
     )
     logger.warning("chat failed session=%s error=%s latency_ms=%d", prepared.session_id or "-", error_code, latency_ms)
     if isinstance(exc, ApiError) and not prepared.stateless:
@@ -103,7 +123,7 @@ async def _end_answered(
     and the session released, rather than left locked until the lease runs out."""
     try:
         return await asyncio.shield(
-            sync_to_async(services.chat_turn_complete)(
+            _in_thread(services.chat_turn_complete)(
                 turn=prepared, completion=completion, latency_ms=latency_ms, cut_short_by=cut_short_by
             )
         )
@@ -111,7 +131,7 @@ async def _end_answered(
         raise
     except Exception:
         await asyncio.shield(
-            sync_to_async(services.chat_turn_fail)(
+            _in_thread(services.chat_turn_fail)(
                 turn=prepared, error_code=INTERNAL_ERROR, latency_ms=latency_ms, completion=completion
             )
         )

@@ -97,15 +97,17 @@ INSTALLED_APPS = [
 
 # Every middleware here is async-capable: one sync-only middleware would send every request
 # through Django's single shared sync thread and serialise the whole server.
+# Django's standard middleware, each run in the event loop rather than hopping to a worker thread
+# (llmserver/middleware.py says why and what it measured).
 MIDDLEWARE = [
-    "django.middleware.security.SecurityMiddleware",
-    "django.contrib.sessions.middleware.SessionMiddleware",
-    "django.middleware.locale.LocaleMiddleware",
-    "django.middleware.common.CommonMiddleware",
-    "django.middleware.csrf.CsrfViewMiddleware",
-    "django.contrib.auth.middleware.AuthenticationMiddleware",
-    "django.contrib.messages.middleware.MessageMiddleware",
-    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "llmserver.middleware.SecurityMiddleware",
+    "llmserver.middleware.SessionMiddleware",
+    "llmserver.middleware.LocaleMiddleware",
+    "llmserver.middleware.CommonMiddleware",
+    "llmserver.middleware.CsrfViewMiddleware",
+    "llmserver.middleware.AuthenticationMiddleware",
+    "llmserver.middleware.MessageMiddleware",
+    "llmserver.middleware.XFrameOptionsMiddleware",
 ]
 
 ROOT_URLCONF = "llmserver.urls"

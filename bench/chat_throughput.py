@@ -1,0 +1,478 @@
+"""Benchmark: what the server adds to each chat, how many it serves, and how many it holds at once.
+
+Starts, as separate processes: the fake OpenAI-compatible upstream (tests/fake_upstream.py), the
+server in its production configuration (DJANGO_ENV=production, `manage.py serve`: uvicorn, the
+same command as `make run` and the Docker image) on PostgreSQL and Redis when they run here (else
+SQLite), with full persistence (session, history, messages and usage written every turn); and,
+in this process, a load generator on raw asyncio sockets (a few microseconds per request, so that
+it takes as little as possible of the two cores from the server).
+
+Prints, each measured side by side in one run:
+1. added latency, one client at a time: the server's p50/p99 minus the fake upstream's when
+   called directly with the same kind of request;
+2. requests per second at 8 and 32 concurrent clients (and the upstream called directly);
+3. added time to first token of a stream (first `delta` event vs the upstream's first chunk);
+4. 1,000 concurrent streaming chats against an upstream that takes 5 s: completed, errors, peak
+   memory of the server's processes;
+5. per-turn cost as history grows: a turn in a session with 10,000 stored messages against one
+   with 10 (same prompt size: the history that fits the window is the same).
+
+    .venv/bin/python bench/chat_throughput.py                   # what `make bench` runs
+    .venv/bin/python bench/chat_throughput.py --database sqlite --workers 2 --streams 500
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import resource
+import secrets
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+import uvloop
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+POSTGRES_ADMIN_URL = os.environ.get("POSTGRES_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/15")
+MODEL = "gpt-4o-mini"
+# A model no table knows: the server gives it LLM_DEFAULT_CONTEXT_WINDOW (8,192 tokens), which
+# about 11 of the seeded history messages fill.
+HISTORY_MODEL = "bench-history-model"
+HISTORY_MESSAGE = ("The quick brown fox jumps over the lazy dog while the bench counts tokens. " * 40).strip()
+USER_MESSAGE = "Hello there! What can you tell me about the weather on Mars today?"
+TURNS_PER_SESSION = 10
+
+
+# --- A small HTTP/1.1 client on raw asyncio streams ---------------------------------------------
+
+
+@dataclass
+class Outcome:
+    status: int
+    total: float
+    first_data: float | None
+    body: bytes
+
+
+class Connection:
+    """One keep-alive connection; requests one at a time. Reads Content-Length and chunked bodies."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def request(self, path: str, body: dict[str, Any], headers: dict[str, str]) -> Outcome:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port, limit=2**20)
+        payload = json.dumps(body).encode()
+        head = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+        started = time.perf_counter()
+        self.writer.write(
+            f"POST {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(payload)}\r\n{head}\r\n".encode() + payload
+        )
+        try:
+            return await self._response(started)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            self.close()
+            raise
+
+    async def _response(self, started: float) -> Outcome:
+        assert self.reader is not None
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split(" ", 2)[1])
+        fields = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:] if line)}
+        first_data = None
+        if fields.get("transfer-encoding") == "chunked":
+            parts = []
+            while True:
+                size = int((await self.reader.readline()).strip(), 16)
+                chunk = await self.reader.readexactly(size + 2)
+                if size == 0:
+                    break
+                if first_data is None and b"data:" in chunk:
+                    first_data = time.perf_counter() - started
+                parts.append(chunk[:-2])
+            body = b"".join(parts)
+        else:
+            body = await self.reader.readexactly(int(fields.get("content-length", "0")))
+        if fields.get("connection") == "close":
+            self.close()
+        return Outcome(status=status, total=time.perf_counter() - started, first_data=first_data, body=body)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.reader = self.writer = None
+
+
+@dataclass
+class Target:
+    """Where requests go, and how each one is made."""
+
+    host: str
+    port: int
+    path: str
+    headers: dict[str, str]
+    make_body: Any  # (client number, request number) -> dict
+
+
+@dataclass
+class Result:
+    latencies: list[float] = field(default_factory=list)
+    first_data: list[float] = field(default_factory=list)
+    errors: int = 0
+    error_samples: list[str] = field(default_factory=list)
+    elapsed: float = 0.0
+
+    @property
+    def count(self) -> int:
+        return len(self.latencies)
+
+    def p(self, q: int, values: list[float] | None = None) -> float:
+        values = sorted(self.latencies if values is None else values)
+        if not values:
+            return float("nan")
+        return values[min(len(values) - 1, round(q / 100 * (len(values) - 1)))] * 1000
+
+    @property
+    def rps(self) -> float:
+        return self.count / self.elapsed if self.elapsed else 0.0
+
+
+async def run_load(target: Target, *, clients: int, requests: int | None = None, seconds: float | None = None) -> Result:
+    """`clients` connections, each sending its next request when the last one is answered, until
+    `requests` in all have been answered or `seconds` have passed."""
+    result = Result()
+    issued = 0
+    deadline = time.perf_counter() + seconds if seconds else None
+
+    async def client(number: int) -> None:
+        nonlocal issued
+        connection = Connection(target.host, target.port)
+        sequence = 0
+        while True:
+            if requests is not None and issued >= requests:
+                break
+            if deadline is not None and time.perf_counter() >= deadline:
+                break
+            issued += 1
+            try:
+                outcome = await connection.request(target.path, target.make_body(number, sequence), target.headers)
+            except Exception as exc:  # noqa: BLE001 - counted and shown, never hidden
+                result.errors += 1
+                if len(result.error_samples) < 3:
+                    result.error_samples.append(repr(exc))
+                continue
+            finally:
+                sequence += 1
+            if outcome.status != 200 or b"event: error" in outcome.body:
+                result.errors += 1
+                if len(result.error_samples) < 3:
+                    result.error_samples.append(f"{outcome.status} {outcome.body[-300:]!r}")
+                continue
+            result.latencies.append(outcome.total)
+            if outcome.first_data is not None:
+                result.first_data.append(outcome.first_data)
+        connection.close()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(client(n) for n in range(clients)))
+    result.elapsed = time.perf_counter() - started
+    return result
+
+
+# --- Processes ----------------------------------------------------------------------------------
+
+
+class MemoryWatch:
+    """Samples the summed RSS of a process and its children every 50 ms; keeps the peak."""
+
+    def __init__(self, pid: int) -> None:
+        self.process = psutil.Process(pid)
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                tree = [self.process, *self.process.children(recursive=True)]
+                self.peak = max(self.peak, sum(p.memory_info().rss for p in tree))
+            except psutil.Error:
+                pass
+            time.sleep(0.05)
+
+    def __enter__(self) -> "MemoryWatch":
+        self.peak = 0
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def start_fake_upstream(latency_ms: float) -> tuple[subprocess.Popen, str, int]:
+    process = subprocess.Popen(
+        [PYTHON, "-m", "tests.fake_upstream", "--port", "0", "--latency-ms", str(latency_ms)],
+        cwd=PROJECT_DIR, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )
+    line = process.stdout.readline()  # type: ignore[union-attr]
+    url = line.split("listening on ", 1)[1].strip()
+    host_port = url.removeprefix("http://").split("/", 1)[0]
+    return process, url, int(host_port.split(":")[1])
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def database_url(kind: str, workdir: Path) -> tuple[str, str, Any]:
+    """(DATABASE_URL, description, cleanup)."""
+    if kind in ("postgres", "auto"):
+        try:
+            import psycopg
+
+            name = f"llmserver_bench_{os.getpid()}"
+            with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True, connect_timeout=3) as admin:
+                admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
+                admin.execute(f'CREATE DATABASE "{name}"')
+
+            def drop() -> None:
+                with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as admin:
+                    admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+            return POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}", "PostgreSQL", drop
+        except Exception as exc:  # noqa: BLE001
+            if kind == "postgres":
+                raise SystemExit(f"PostgreSQL is not reachable at {POSTGRES_ADMIN_URL}: {exc}") from exc
+    return f"sqlite:///{workdir / 'bench.sqlite3'}", "SQLite (WAL)", lambda: None
+
+
+def redis_reachable() -> bool:
+    try:
+        import redis
+
+        return bool(redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1).ping())
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def manage(env: dict[str, str], *args: str) -> str:
+    result = subprocess.run([PYTHON, "manage.py", *args], cwd=PROJECT_DIR, env=env, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise SystemExit(f"manage.py {' '.join(args)} failed:\n{result.stderr}")
+    return result.stdout
+
+
+def start_server(env: dict[str, str], port: int) -> subprocess.Popen:
+    process = subprocess.Popen(
+        [PYTHON, "manage.py", "serve", "--port", str(port)], cwd=PROJECT_DIR, env=env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    import urllib.request
+
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/system/health", timeout=1):
+                return process
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit("the server did not start")
+            time.sleep(0.2)
+
+
+def stop(*processes: subprocess.Popen) -> None:
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+SEED_HISTORY = """
+from chat.models import ApiKey, ChatSession, Message
+from chat import tokens
+key = ApiKey.objects.get(key_id={key_id!r})
+count = tokens.count_message_tokens(role="user", content={content!r}, model={model!r})
+encoding = tokens.encoding_name_for_model({model!r})
+for public_id, size in (("history-10", 10), ("history-10000", 10000)):
+    session = ChatSession.objects.create(api_key=key, public_id=public_id, model={model!r})
+    Message.objects.bulk_create(
+        (Message(session=session, role=("user", "assistant")[n % 2], content={content!r}, model={model!r},
+                 status="complete", token_count=count, token_encoding=encoding) for n in range(size)),
+        batch_size=2000,
+    )
+print(count)
+"""
+
+
+# --- The benchmark ------------------------------------------------------------------------------
+
+
+def line(label: str, value: str) -> None:
+    print(f"  {label:<58} {value}")
+
+
+async def bench(args: argparse.Namespace, workdir: Path) -> None:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (resource.getrlimit(resource.RLIMIT_NOFILE)[1],) * 2)
+    fast_upstream, fast_url, fast_port = start_fake_upstream(0)
+    slow_upstream, slow_url, _ = start_fake_upstream(args.stream_latency * 1000)
+    url, database, drop_database = database_url(args.database, workdir)
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "LLM_", "LIMIT_", "DATABASE", "REDIS", "CACHE"))},
+        "DJANGO_ENV": "production",
+        "SECRET_KEY": secrets.token_urlsafe(50),
+        "ALLOWED_HOSTS": "127.0.0.1,localhost",
+        "FIELD_ENCRYPTION_KEYS": __import__("cryptography.fernet", fromlist=["Fernet"]).Fernet.generate_key().decode(),
+        "DATABASE_URL": url,
+        "LOG_FILE": str(workdir / "app.log"),
+        "WEB_CONCURRENCY": str(args.workers),
+        "OPENAI_BASE_URL": fast_url,
+        "OPENAI_API_KEY": "sk-bench",
+        "LLM_DEFAULT_MODEL": MODEL,
+        "ACCESS_LOG": "false",
+    }
+    cache = "local memory"
+    if database == "PostgreSQL" and redis_reachable():
+        env["REDIS_URL"] = REDIS_URL
+        cache = "Redis"
+    servers: list[subprocess.Popen] = []
+    try:
+        manage(env, "migrate", "--noinput")
+        api_key = manage(env, "create_api_key", "--name", "bench").strip().splitlines()[-1]
+        key_id = api_key.split("_")[1]
+        port = free_port()
+        server = start_server(env, port)
+        servers.append(server)
+        auth = {"Authorization": f"Bearer {api_key}"}
+        print(f"LLM Server benchmark: {psutil.cpu_count()} CPUs, {database}, cache {cache}, "
+              f"{args.workers} worker(s), DJANGO_ENV=production, uvicorn; load generator on raw asyncio sockets")
+
+        run_id = secrets.token_hex(3)
+
+        def server_chat(stream: bool = False) -> Target:
+            return Target("127.0.0.1", port, "/api/v1/chat", auth, lambda c, n: {
+                "session_id": f"{run_id}-{c}-{n // TURNS_PER_SESSION}-{stream:d}", "user_message": USER_MESSAGE,
+                "max_tokens": 200, "stream": stream,
+            })
+
+        def direct(stream: bool = False) -> Target:
+            body = {"model": MODEL, "messages": [{"role": "user", "content": USER_MESSAGE}], "max_tokens": 200}
+            if stream:
+                body |= {"stream": True, "stream_options": {"include_usage": True}}
+            return Target("127.0.0.1", fast_port, "/v1/chat/completions", {"Authorization": "Bearer sk-bench"},
+                          lambda c, n: body)
+
+        # Warm both up (connections, pools, code paths).
+        await run_load(server_chat(), clients=8, requests=200)
+        await run_load(direct(), clients=8, requests=200)
+
+        print("\n1. Added latency, one client at a time "
+              f"({args.requests} chats; each session 10 turns, so history is read and written)")
+        upstream_alone = await run_load(direct(), clients=1, requests=args.requests)
+        through = await run_load(server_chat(), clients=1, requests=args.requests)
+        line("upstream called directly p50 / p99", f"{upstream_alone.p(50):.2f} / {upstream_alone.p(99):.2f} ms")
+        line("through the server p50 / p99", f"{through.p(50):.2f} / {through.p(99):.2f} ms")
+        line("added latency p50 / p99 (target p50 <= 3 ms)",
+             f"{through.p(50) - upstream_alone.p(50):.2f} / {through.p(99) - upstream_alone.p(99):.2f} ms")
+        line("errors", str(through.errors + upstream_alone.errors))
+
+        print(f"\n2. Throughput, {args.seconds:.0f} s per level (target >= 5x LiteLLM's 56-72 req/s, i.e. >= 360 req/s)")
+        for clients in (8, 32):
+            with MemoryWatch(server.pid) as memory:
+                loaded = await run_load(server_chat(), clients=clients, seconds=args.seconds)
+            alone = await run_load(direct(), clients=clients, seconds=min(args.seconds, 5))
+            line(f"{clients} clients: server req/s (upstream alone)", f"{loaded.rps:.0f} ({alone.rps:.0f})")
+            line(f"{clients} clients: p50 / p99, errors, peak server memory",
+                 f"{loaded.p(50):.1f} / {loaded.p(99):.1f} ms, {loaded.errors} errors, {memory.peak / 2**20:.0f} MiB")
+            for sample in loaded.error_samples:
+                line("  error sample", sample[:200])
+
+        print(f"\n3. Streams, one client at a time ({args.requests // 2} streamed chats)")
+        stream_alone = await run_load(direct(stream=True), clients=1, requests=args.requests // 2)
+        stream_through = await run_load(server_chat(stream=True), clients=1, requests=args.requests // 2)
+        line("time to first token, upstream directly p50 / p99",
+             f"{stream_alone.p(50, stream_alone.first_data):.2f} / {stream_alone.p(99, stream_alone.first_data):.2f} ms")
+        line("time to first token, through the server p50 / p99",
+             f"{stream_through.p(50, stream_through.first_data):.2f} / {stream_through.p(99, stream_through.first_data):.2f} ms")
+        line("added time to first token p50",
+             f"{stream_through.p(50, stream_through.first_data) - stream_alone.p(50, stream_alone.first_data):.2f} ms")
+        line("errors", str(stream_through.errors))
+
+        print(f"\n4. {args.streams} concurrent streaming chats, upstream answering after {args.stream_latency:.0f} s")
+        slow_port = free_port()
+        slow_server = start_server({**env, "OPENAI_BASE_URL": slow_url}, slow_port)
+        servers.append(slow_server)
+        slow_target = server_chat(stream=True)
+        slow_target.port = slow_port
+        with MemoryWatch(slow_server.pid) as memory:
+            many = await run_load(slow_target, clients=args.streams, requests=args.streams)
+        line("completed / errors", f"{many.count} / {many.errors}")
+        line("wall time; slowest stream", f"{many.elapsed:.2f} s; {many.p(100) / 1000:.2f} s")
+        line("peak memory of the server's processes (target < 1 GiB)", f"{memory.peak / 2**20:.0f} MiB")
+        for sample in many.error_samples:
+            line("  error sample", sample[:200])
+
+        print("\n5. Per-turn cost as history grows (10 vs 10,000 stored messages, same prompt size)")
+        per_message = manage(env, "shell", "-c", SEED_HISTORY.format(
+            key_id=key_id, content=HISTORY_MESSAGE, model=HISTORY_MODEL)).strip()
+        def history_target(session: str) -> Target:
+            return Target("127.0.0.1", port, "/api/v1/chat", auth, lambda c, n: {
+                "session_id": session, "user_message": USER_MESSAGE, "max_tokens": 1000,
+            })
+        short_runs, long_runs = [], []
+        for _ in range(args.history_rounds):
+            short_runs.append(await run_load(history_target("history-10"), clients=1, requests=20))
+            long_runs.append(await run_load(history_target("history-10000"), clients=1, requests=20))
+        short = Result(latencies=[x for r in short_runs for x in r.latencies], errors=sum(r.errors for r in short_runs))
+        long = Result(latencies=[x for r in long_runs for x in r.latencies], errors=sum(r.errors for r in long_runs))
+        line("stored message size", f"{per_message} tokens ({len(HISTORY_MESSAGE)} characters)")
+        line("turn p50 with 10 stored messages", f"{short.p(50):.2f} ms")
+        line("turn p50 with 10,000 stored messages", f"{long.p(50):.2f} ms")
+        line("ratio (target <= 1.2)", f"{long.p(50) / short.p(50):.2f}")
+        line("errors", str(short.errors + long.errors))
+    finally:
+        stop(*servers, fast_upstream, slow_upstream)
+        drop_database()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--database", choices=["auto", "sqlite", "postgres"], default="auto",
+                        help="auto: PostgreSQL when it runs here, else SQLite")
+    parser.add_argument("--workers", type=int, default=1, help="server worker processes (WEB_CONCURRENCY)")
+    parser.add_argument("--requests", type=int, default=1000, help="requests for the one-client measurements")
+    parser.add_argument("--seconds", type=float, default=10.0, help="length of each throughput level")
+    parser.add_argument("--streams", type=int, default=1000, help="concurrent streams in part 4")
+    parser.add_argument("--stream-latency", type=float, default=5.0, help="upstream seconds in part 4")
+    parser.add_argument("--history-rounds", type=int, default=10, help="alternating rounds of 20 turns in part 5")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="llmserver-bench-") as workdir:
+        uvloop.run(bench(args, Path(workdir)))
+
+
+if __name__ == "__main__":
+    main()
