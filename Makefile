@@ -8,7 +8,7 @@ DEV_STAMP := $(VENV)/.dev-installed
 # and drop the throwaway `test_postgres` one.
 POSTGRES_TEST_URL ?= postgres://postgres@127.0.0.1:5432/postgres
 
-.PHONY: setup migrate run test test-postgres check clean
+.PHONY: setup migrate run test test-postgres check bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,10 @@ check: $(DEV_STAMP)
 	$(PY) manage.py check
 	$(PY) manage.py makemigrations --check --dry-run
 	$(PY) manage.py spectacular --validate --fail-on-warn --file /dev/null
+
+# Throughput, added latency, 1,000 streams at once, history growth: prints figures (bench/chat_throughput.py).
+bench: $(RUNTIME_STAMP)
+	$(PY) bench/chat_throughput.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

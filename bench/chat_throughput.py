@@ -72,16 +72,20 @@ class Connection:
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
 
-    async def request(self, path: str, body: dict[str, Any], headers: dict[str, str]) -> Outcome:
+    async def request(self, path: str, body: dict[str, Any] | None, headers: dict[str, str]) -> Outcome:
+        """POST `body` as JSON to `path`; GET it when `body` is None."""
         if self.writer is None:
             self.reader, self.writer = await asyncio.open_connection(self.host, self.port, limit=2**20)
-        payload = json.dumps(body).encode()
         head = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
         started = time.perf_counter()
-        self.writer.write(
-            f"POST {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(payload)}\r\n{head}\r\n".encode() + payload
-        )
+        if body is None:
+            self.writer.write(f"GET {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n{head}\r\n".encode())
+        else:
+            payload = json.dumps(body).encode()
+            self.writer.write(
+                f"POST {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(payload)}\r\n{head}\r\n".encode() + payload
+            )
         try:
             return await self._response(started)
         except (ConnectionError, asyncio.IncompleteReadError):
@@ -302,6 +306,37 @@ def start_server(env: dict[str, str], port: int) -> subprocess.Popen:
             time.sleep(0.2)
 
 
+LITELLM_MASTER_KEY = "sk-litellm-bench-" + secrets.token_hex(16)
+
+
+def start_litellm(executable: str, upstream_url: str, workdir: Path) -> tuple[subprocess.Popen, int]:
+    """LiteLLM's proxy as its issue measured it: one worker, no database, the same fast upstream.
+    Its model cost map is read from the package (no download at start-up)."""
+    config = workdir / "litellm.yaml"
+    config.write_text(
+        "model_list:\n  - model_name: " + MODEL + "\n    litellm_params:\n      model: openai/" + MODEL
+        + "\n      api_base: " + upstream_url + "\n      api_key: sk-bench\n"
+        + "litellm_settings:\n  telemetry: false\n"
+    )
+    port = free_port()
+    env = {**os.environ, "LITELLM_MASTER_KEY": LITELLM_MASTER_KEY, "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
+    process = subprocess.Popen(
+        [executable, "--config", str(config), "--host", "127.0.0.1", "--port", str(port), "--num_workers", "1"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    import urllib.request
+
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health/liveliness", timeout=1):
+                return process, port
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit("LiteLLM's proxy did not start")
+            time.sleep(0.3)
+
+
 def stop(*processes: subprocess.Popen) -> None:
     for process in processes:
         process.terminate()
@@ -399,8 +434,29 @@ async def bench(args: argparse.Namespace, workdir: Path) -> None:
         line("added latency p50 / p99 (target p50 <= 3 ms)",
              f"{through.p(50) - upstream_alone.p(50):.2f} / {through.p(99) - upstream_alone.p(99):.2f} ms")
         line("errors", str(through.errors + upstream_alone.errors))
+        # The floor under every figure here: Django's request path alone, with no database,
+        # no upstream and no key (GET /api/v1/system/health).
+        bare = Target("127.0.0.1", port, "/api/v1/system/health", {}, lambda c, n: None)
+        await run_load(bare, clients=1, requests=200)
+        bare_one = await run_load(bare, clients=1, requests=args.requests)
+        bare_many = await run_load(bare, clients=8, seconds=min(args.seconds, 5))
+        line("for scale, a bare request (health): p50; req/s at 8 clients",
+             f"{bare_one.p(50):.2f} ms; {bare_many.rps:.0f} req/s")
 
-        print(f"\n2. Throughput, {args.seconds:.0f} s per level (target >= 5x LiteLLM's 56-72 req/s, i.e. >= 360 req/s)")
+        litellm = None
+        if args.litellm:
+            litellm_process, litellm_port = start_litellm(args.litellm, fast_url, workdir)
+            servers.append(litellm_process)
+            litellm = Target(
+                "127.0.0.1", litellm_port, "/v1/chat/completions", {"Authorization": f"Bearer {LITELLM_MASTER_KEY}"},
+                lambda c, n: {"model": MODEL, "messages": [{"role": "user", "content": USER_MESSAGE}], "max_tokens": 200},
+            )
+            await run_load(litellm, clients=8, requests=200)
+            litellm_one = await run_load(litellm, clients=1, requests=args.requests // 2)
+            line("LiteLLM proxy (1 worker, no database), same load: p50 / p99",
+                 f"{litellm_one.p(50):.2f} / {litellm_one.p(99):.2f} ms, {litellm_one.errors} errors")
+
+        print(f"\n2. Throughput, {args.seconds:.0f} s per level (target >= 5x LiteLLM's; its issue measured 56-72 req/s)")
         for clients in (8, 32):
             with MemoryWatch(server.pid) as memory:
                 loaded = await run_load(server_chat(), clients=clients, seconds=args.seconds)
@@ -410,6 +466,10 @@ async def bench(args: argparse.Namespace, workdir: Path) -> None:
                  f"{loaded.p(50):.1f} / {loaded.p(99):.1f} ms, {loaded.errors} errors, {memory.peak / 2**20:.0f} MiB")
             for sample in loaded.error_samples:
                 line("  error sample", sample[:200])
+            if litellm is not None:
+                theirs = await run_load(litellm, clients=clients, seconds=args.seconds)
+                line(f"{clients} clients: LiteLLM req/s, p50; ratio server / LiteLLM",
+                     f"{theirs.rps:.0f}, {theirs.p(50):.1f} ms, {theirs.errors} errors; {loaded.rps / max(theirs.rps, 1e-9):.2f}x")
 
         print(f"\n3. Streams, one client at a time ({args.requests // 2} streamed chats)")
         stream_alone = await run_load(direct(stream=True), clients=1, requests=args.requests // 2)
@@ -437,8 +497,8 @@ async def bench(args: argparse.Namespace, workdir: Path) -> None:
             line("  error sample", sample[:200])
 
         print("\n5. Per-turn cost as history grows (10 vs 10,000 stored messages, same prompt size)")
-        per_message = manage(env, "shell", "-c", SEED_HISTORY.format(
-            key_id=key_id, content=HISTORY_MESSAGE, model=HISTORY_MODEL)).strip()
+        per_message = manage(env, "shell", "--no-imports", "-c", SEED_HISTORY.format(
+            key_id=key_id, content=HISTORY_MESSAGE, model=HISTORY_MODEL)).strip().splitlines()[-1]
         def history_target(session: str) -> Target:
             return Target("127.0.0.1", port, "/api/v1/chat", auth, lambda c, n: {
                 "session_id": session, "user_message": USER_MESSAGE, "max_tokens": 1000,
@@ -469,6 +529,9 @@ def main() -> None:
     parser.add_argument("--streams", type=int, default=1000, help="concurrent streams in part 4")
     parser.add_argument("--stream-latency", type=float, default=5.0, help="upstream seconds in part 4")
     parser.add_argument("--history-rounds", type=int, default=10, help="alternating rounds of 20 turns in part 5")
+    parser.add_argument("--litellm", metavar="EXECUTABLE", default="",
+                        help="also measure LiteLLM's proxy side by side: the path of its `litellm` command, "
+                             "installed apart from the project (README, 'Benchmarks')")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="llmserver-bench-") as workdir:
         uvloop.run(bench(args, Path(workdir)))
