@@ -29,6 +29,7 @@ from chat.providers import Completion, StreamDelta
 from chat.services import ChatTurnInput, PreparedTurn, StatelessTurnInput
 from chat.upstreams import UpstreamChoice
 from llmserver.errors import ApiError, SessionNotFound, UpstreamBadResponse, UpstreamTimeout
+from monitoring import metrics
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -105,9 +106,19 @@ async def _begin(*, api_key: ApiKey, upstream: UpstreamChoice, turn: ChatTurnInp
     return prepared
 
 
-async def _end_failed(*, prepared: PreparedTurn, exc: BaseException, latency_ms: int) -> None:
+def _observe_upstream(*, upstream: UpstreamChoice, outcome: str, latency_ms: int, error_code: str = "") -> None:
+    provider = upstream.provider.name
+    metrics.upstream_duration.labels(provider=provider, outcome=outcome).observe(latency_ms / 1000)
+    if error_code:
+        metrics.upstream_errors.labels(provider=provider, error_code=error_code).inc()
+
+
+async def _end_failed(
+    *, prepared: PreparedTurn, upstream: UpstreamChoice, exc: BaseException, latency_ms: int
+) -> None:
     """The turn failed before upstream answered anything: record it and release the session."""
     error_code = _error_code_of(exc)
+    _observe_upstream(upstream=upstream, outcome="failed", latency_ms=latency_ms, error_code=error_code)
     await asyncio.shield(
         _in_thread(services.chat_turn_fail)(turn=prepared, error_code=error_code, latency_ms=latency_ms)
     )
@@ -117,10 +128,18 @@ async def _end_failed(*, prepared: PreparedTurn, exc: BaseException, latency_ms:
 
 
 async def _end_answered(
-    *, prepared: PreparedTurn, completion: Completion, latency_ms: int, cut_short_by: str = ""
+    *, prepared: PreparedTurn, upstream: UpstreamChoice, completion: Completion, latency_ms: int,
+    cut_short_by: str = "",
 ) -> Message | None:
     """Store the (possibly partial) answer. If storing fails, the tokens are recorded all the same
     and the session released, rather than left locked until the lease runs out."""
+    _observe_upstream(
+        upstream=upstream, outcome="partial" if cut_short_by else "success", latency_ms=latency_ms,
+        error_code=cut_short_by,
+    )
+    metrics.record_tokens(
+        model=completion.model, prompt_tokens=completion.prompt_tokens, completion_tokens=completion.completion_tokens
+    )
     try:
         return await asyncio.shield(
             _in_thread(services.chat_turn_complete)(
@@ -182,10 +201,10 @@ async def chat_turn_run(
         except TimeoutError:
             raise UpstreamTimeout() from None
     except BaseException as exc:
-        await _end_failed(prepared=prepared, exc=exc, latency_ms=_elapsed_ms(upstream_started))
+        await _end_failed(prepared=prepared, upstream=upstream, exc=exc, latency_ms=_elapsed_ms(upstream_started))
         raise
     latency_ms = _elapsed_ms(upstream_started)
-    answer = await _end_answered(prepared=prepared, completion=completion, latency_ms=latency_ms)
+    answer = await _end_answered(prepared=prepared, upstream=upstream, completion=completion, latency_ms=latency_ms)
     return _result(
         prepared=prepared, upstream=upstream, completion=completion, answer=answer, started=started,
         latency_ms=latency_ms,
@@ -224,6 +243,7 @@ async def chat_turn_stream(
     pieces = upstream.provider.stream(prepared.completion_request())
     parts: list[str] = []
     completion: Completion | None = None
+    metrics.active_streams.inc()
     try:
         try:
             while completion is None:
@@ -241,16 +261,17 @@ async def chat_turn_stream(
                     parts.append(piece.text)
                     yield piece
         finally:
+            metrics.active_streams.dec()
             # Stop reading upstream now (closing its response), not when the generator is collected.
             await pieces.aclose()
     except BaseException as exc:
         latency_ms = _elapsed_ms(upstream_started)
         if not parts:
-            await _end_failed(prepared=prepared, exc=exc, latency_ms=latency_ms)
+            await _end_failed(prepared=prepared, upstream=upstream, exc=exc, latency_ms=latency_ms)
             raise
         cut_short_by = _error_code_of(exc)
         await _end_answered(
-            prepared=prepared, completion=_partial_completion(prepared, "".join(parts)), latency_ms=latency_ms,
+            prepared=prepared, upstream=upstream, completion=_partial_completion(prepared, "".join(parts)), latency_ms=latency_ms,
             cut_short_by=cut_short_by,
         )
         logger.warning(
@@ -260,7 +281,7 @@ async def chat_turn_stream(
             exc.details.update(session_id=prepared.session_id, user_message_id=prepared.user_message_id)
         raise
     latency_ms = _elapsed_ms(upstream_started)
-    answer = await _end_answered(prepared=prepared, completion=completion, latency_ms=latency_ms)
+    answer = await _end_answered(prepared=prepared, upstream=upstream, completion=completion, latency_ms=latency_ms)
     yield _result(
         prepared=prepared, upstream=upstream, completion=completion, answer=answer, started=started,
         latency_ms=latency_ms,

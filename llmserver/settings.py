@@ -100,6 +100,8 @@ INSTALLED_APPS = [
 # Django's standard middleware, each run in the event loop rather than hopping to a worker thread
 # (llmserver/middleware.py says why and what it measured).
 MIDDLEWARE = [
+    "monitoring.request_id.RequestIdMiddleware",
+    "monitoring.metrics.RequestMetricsMiddleware",
     "llmserver.middleware.SecurityMiddleware",
     "llmserver.middleware.SessionMiddleware",
     "llmserver.middleware.LocaleMiddleware",
@@ -268,12 +270,22 @@ SPECTACULAR_SETTINGS = {
     "COMPONENT_SPLIT_REQUEST": True,
 }
 
+# --- Monitoring -----------------------------------------------------------------------------
+# /metrics needs an admin key unless this is on (for a scraper on a private network).
+METRICS_PUBLIC = env.bool("METRICS_PUBLIC", default=False)
+
 # --- Logging --------------------------------------------------------------------------------
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO").upper()
 LOG_FILE = env.str("LOG_FILE", default=str(BASE_DIR / "logs" / "app.log"))
-LOG_FORMAT = "%(asctime)s - %(name)s - %(levelname)s - %(message)s"
+# "text": the original design's format, with the request id added; "json": one JSON object a line.
+LOG_FORMAT = env.str("LOG_FORMAT", default="text")
+if LOG_FORMAT not in ("text", "json"):
+    raise ImproperlyConfigured(f"LOG_FORMAT must be 'text' or 'json', not {LOG_FORMAT!r}.")
+TEXT_LOG_FORMAT = "%(asctime)s - %(name)s - %(levelname)s - [%(request_id)s] %(message)s"
 
-_log_handlers = {"console": {"class": "logging.StreamHandler", "formatter": "standard"}}
+_log_handlers = {
+    "console": {"class": "logging.StreamHandler", "formatter": "standard", "filters": ["request_id"]},
+}
 if LOG_FILE:
     Path(LOG_FILE).parent.mkdir(parents=True, exist_ok=True)
     # WatchedFileHandler reopens the file after an external logrotate and is safe for several
@@ -282,13 +294,17 @@ if LOG_FILE:
         "class": "logging.handlers.WatchedFileHandler",
         "filename": LOG_FILE,
         "formatter": "standard",
+        "filters": ["request_id"],
         "encoding": "utf-8",
     }
 
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"standard": {"format": LOG_FORMAT}},
+    "formatters": {
+        "standard": {"()": "monitoring.logs.JsonFormatter"} if LOG_FORMAT == "json" else {"format": TEXT_LOG_FORMAT},
+    },
+    "filters": {"request_id": {"()": "monitoring.request_id.RequestIdFilter"}},
     "handlers": _log_handlers,
     "root": {"handlers": list(_log_handlers), "level": LOG_LEVEL},
     "loggers": {

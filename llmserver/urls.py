@@ -3,11 +3,13 @@ from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from llmserver import errors
+from monitoring.api import MetricsView
 
 urlpatterns = [
     path("api/v1/", include("chat.urls")),
     path("api/v1/system/", include("monitoring.urls")),
     path("v1/", include("chat.openai_urls")),
+    path("metrics", MetricsView.as_view(), name="metrics"),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
     path("admin/", admin.site.urls),

@@ -1,11 +1,27 @@
-"""System routes. Health is public: load balancers and orchestrators call it without a key."""
+"""System routes. Health and readiness are public: load balancers and orchestrators call them
+without a key. System information and metrics need an `admin` key (metrics can be opened to an
+unauthenticated scraper on a private network with METRICS_PUBLIC)."""
+
+import json
+from typing import Any
 
 from adrf.views import APIView as AsyncAPIView
-from drf_spectacular.utils import extend_schema, inline_serializer
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.utils.translation import gettext as _
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import serializers
 from rest_framework.permissions import AllowAny
+from rest_framework.renderers import BaseRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
+
+from chat.authentication import HasClientKey
+from chat.models import ApiKey
+from chat.serializers import ErrorSerializer
+from llmserver.errors import error_body
+from monitoring import system
 
 
 class HealthView(AsyncAPIView):
@@ -21,3 +37,81 @@ class HealthView(AsyncAPIView):
     )
     async def get(self, request: Request) -> Response:
         return Response({"status": "ok"})
+
+
+class ReadyView(AsyncAPIView):
+    """Readiness: 200 only when the database answers, the cache keeps a value and every migration
+    is applied; otherwise 503 naming what is wrong."""
+
+    authentication_classes: list = []
+    permission_classes = [AllowAny]
+
+    @extend_schema(
+        operation_id="system_ready",
+        summary="Readiness check (no key needed): database, cache, migrations.",
+        responses={
+            200: inline_serializer("Ready", {"status": serializers.CharField(), "checks": serializers.DictField()}),
+            503: ErrorSerializer,
+        },
+    )
+    async def get(self, request: Request) -> Response:
+        checks = await sync_to_async(system.readiness)()
+        failing = [name for name, check in checks.items() if not check["ok"]]
+        if not failing:
+            return Response({"status": "ready", "checks": checks})
+        return Response(
+            error_body(
+                error_code="not_ready",
+                error_message=_("Not ready: %(failing)s.") % {"failing": ", ".join(failing)},
+                details={"failing": failing, "checks": checks},
+            ),
+            status=503,
+        )
+
+
+class SystemInfoView(AsyncAPIView):
+    required_scopes = frozenset({ApiKey.Scope.ADMIN})
+
+    @extend_schema(
+        operation_id="system_info",
+        summary="CPU, memory, disk, process, versions, database, cache, upstream and counts (admin scope).",
+        responses={200: OpenApiResponse(OpenApiTypes.OBJECT), 401: ErrorSerializer, 403: ErrorSerializer},
+    )
+    async def get(self, request: Request) -> Response:
+        # psutil, the database and the cache all block: the request's worker thread, not the event loop.
+        return Response(await sync_to_async(system.system_info)())
+
+
+class PrometheusRenderer(BaseRenderer):
+    media_type = "text/plain"
+    format = "prometheus"
+    charset = "utf-8"
+
+    def render(self, data: Any, accepted_media_type: str | None = None, renderer_context: Any = None) -> bytes:
+        if isinstance(data, bytes):
+            return data
+        # An error (no key, wrong scope): the one error shape, as text.
+        return json.dumps(data).encode()
+
+
+class MetricsPermission(HasClientKey):
+    def has_permission(self, request: Request, view: Any) -> bool:
+        return settings.METRICS_PUBLIC or super().has_permission(request, view)
+
+
+class MetricsView(AsyncAPIView):
+    required_scopes = frozenset({ApiKey.Scope.ADMIN})
+    permission_classes = [MetricsPermission]
+    renderer_classes = [PrometheusRenderer]
+
+    @extend_schema(
+        operation_id="metrics",
+        summary="Prometheus metrics of every worker process (admin scope, or METRICS_PUBLIC).",
+        responses={(200, "text/plain"): OpenApiResponse(OpenApiTypes.STR), 401: ErrorSerializer, 403: ErrorSerializer},
+    )
+    async def get(self, request: Request) -> Response:
+        from monitoring.metrics import exposition
+
+        response = Response(await sync_to_async(exposition, thread_sensitive=False)())
+        response["Content-Type"] = "text/plain; version=0.0.4; charset=utf-8"
+        return response

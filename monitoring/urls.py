@@ -4,4 +4,6 @@ from monitoring import api
 
 urlpatterns = [
     path("health", api.HealthView.as_view(), name="system-health"),
+    path("ready", api.ReadyView.as_view(), name="system-ready"),
+    path("info", api.SystemInfoView.as_view(), name="system-info"),
 ]

@@ -22,6 +22,7 @@ from openai.types.chat import ChatCompletionChunk
 
 from chat import tokens
 from chat.providers.base import Completion, CompletionRequest, StreamDelta
+from monitoring.request_id import NO_REQUEST, REQUEST_ID_HEADER, current_request_id
 from llmserver.errors import (
     UpstreamAuthFailed,
     UpstreamBadResponse,
@@ -148,7 +149,7 @@ class OpenAICompatibleProvider:
     async def complete(self, request: CompletionRequest) -> Completion:
         try:
             response = await self._client().post(
-                "/chat/completions", cast_to=httpx2.Response, body=self._body(request)
+                "/chat/completions", cast_to=httpx2.Response, body=self._body(request), options=_request_options()
             )
             data = response.json()
         except openai.OpenAIError as exc:
@@ -182,6 +183,7 @@ class OpenAICompatibleProvider:
                 body=body,
                 stream=True,
                 stream_cls=openai.AsyncStream[ChatCompletionChunk],
+                options=_request_options(),
             )
             async with stream:
                 async for chunk in stream:
@@ -203,6 +205,12 @@ class OpenAICompatibleProvider:
         except (ValueError, json.JSONDecodeError, httpx2.HTTPError) as exc:
             raise UpstreamBadResponse() from exc
         yield _with_usage(request, text="".join(parts), model=model, usage=usage, finish_reason=finish_reason)
+
+
+def _request_options() -> dict[str, Any]:
+    """The request's id goes upstream too, so that one id follows a chat into the provider's logs."""
+    request_id = current_request_id.get()
+    return {"headers": {REQUEST_ID_HEADER: request_id}} if request_id != NO_REQUEST else {}
 
 
 def _model_name(reported: Any, request: CompletionRequest) -> str:

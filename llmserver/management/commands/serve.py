@@ -1,10 +1,26 @@
 """`manage.py serve`: the production server (uvicorn, ASGI), as `make run` and the image run it."""
 
+import os
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import uvicorn
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
+
+
+def _prepare_metrics_directory() -> None:
+    """Several workers keep their metrics in files under PROMETHEUS_MULTIPROC_DIR (monitoring/
+    metrics.py). It must be set before the workers start and must not hold a previous run's
+    files, which would be added to this run's counts."""
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if directory:
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        for stale in Path(directory).glob("*.db"):
+            stale.unlink()
+    else:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="llmserver-metrics-")
 
 
 class Command(BaseCommand):
@@ -19,6 +35,8 @@ class Command(BaseCommand):
         host = options["host"] or settings.SERVER_HOST
         port = options["port"] or settings.SERVER_PORT
         workers = options["workers"] or settings.WEB_CONCURRENCY
+        if workers > 1:
+            _prepare_metrics_directory()
         self.stdout.write(f"Serving LLM Server on http://{host}:{port} with {workers} worker(s)")
         uvicorn.run(
             "llmserver.asgi:application",

@@ -1,0 +1,124 @@
+"""What the monitoring endpoints report: plain functions, blocking (psutil, the database, the
+cache), so that the views run them in a worker thread and never stall the event loop."""
+
+import os
+import platform
+import time
+import uuid
+from typing import Any
+from urllib.parse import urlsplit
+
+import django
+import psutil
+from django.conf import settings
+from django.core.cache import cache
+from django.db import DEFAULT_DB_ALIAS, connection, connections
+from django.db.migrations.executor import MigrationExecutor
+from django.db.models import Sum
+from django.utils import timezone
+
+from chat.models import ApiKey, ChatSession, Message, UsageDailyTotal
+from chat.providers import default_model, upstream_configured
+
+APP_VERSION = settings.SPECTACULAR_SETTINGS["VERSION"]
+_PROCESS = psutil.Process()
+# Migrations do not change under a running process: once they are all applied, say so for good.
+_migrations_known_applied = False
+
+
+def _timed(check) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    """Run `check`; report whether it worked and how long it took, with the error's kind if not."""
+    started = time.perf_counter()
+    try:
+        check()
+    except Exception as exc:  # noqa: BLE001 - reported, not raised: this is a health report
+        return {"ok": False, "error": type(exc).__name__, "latency_ms": round((time.perf_counter() - started) * 1000, 2)}
+    return {"ok": True, "latency_ms": round((time.perf_counter() - started) * 1000, 2)}
+
+
+def _database_check() -> None:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1")
+        cursor.fetchone()
+
+
+def _cache_check() -> None:
+    key = f"llmserver:ready:{uuid.uuid4().hex}"
+    cache.set(key, "1", timeout=10)
+    if cache.get(key) != "1":
+        raise RuntimeError("the cache did not keep a value")
+    cache.delete(key)
+
+
+def pending_migrations() -> list[str]:
+    """Migrations not applied to the database, as "app.name"."""
+    global _migrations_known_applied
+    if _migrations_known_applied:
+        return []
+    executor = MigrationExecutor(connections[DEFAULT_DB_ALIAS])
+    plan = executor.migration_plan(executor.loader.graph.leaf_nodes())
+    pending = [f"{migration.app_label}.{migration.name}" for migration, _backwards in plan]
+    _migrations_known_applied = not pending
+    return pending
+
+
+def readiness() -> dict[str, Any]:
+    """{"database": {...}, "cache": {...}, "migrations": {...}}, each with "ok"."""
+    checks: dict[str, Any] = {"database": _timed(_database_check), "cache": _timed(_cache_check)}
+    if checks["database"]["ok"]:
+        try:
+            pending = pending_migrations()
+            checks["migrations"] = {"ok": not pending, "pending": pending}
+        except Exception as exc:  # noqa: BLE001
+            checks["migrations"] = {"ok": False, "error": type(exc).__name__}
+    else:
+        checks["migrations"] = {"ok": False, "error": "database unreachable"}
+    return checks
+
+
+def _counts() -> dict[str, Any]:
+    today = timezone.now().date()
+    return {
+        "api_keys": ApiKey.objects.count(),
+        "active_api_keys": ApiKey.objects.filter(revoked_at__isnull=True).count(),
+        "sessions": ChatSession.objects.count(),
+        "messages": Message.objects.count(),
+        "tokens_today": UsageDailyTotal.objects.filter(day=today).aggregate(total=Sum("total_tokens"))["total"] or 0,
+    }
+
+
+def system_info() -> dict[str, Any]:
+    memory = psutil.virtual_memory()
+    disk = psutil.disk_usage(str(settings.BASE_DIR))
+    with _PROCESS.oneshot():
+        process = {
+            "pid": _PROCESS.pid,
+            "rss_bytes": _PROCESS.memory_info().rss,
+            "threads": _PROCESS.num_threads(),
+            "open_files": len(_PROCESS.open_files()),
+            "uptime_seconds": round(time.time() - _PROCESS.create_time(), 1),
+        }
+    database = _timed(_database_check)
+    info: dict[str, Any] = {
+        "cpu": {
+            "count": psutil.cpu_count(),
+            # Since the previous call in this process (the first call reports 0.0).
+            "percent": psutil.cpu_percent(interval=None),
+            "load_average": [round(load, 2) for load in os.getloadavg()],
+        },
+        "memory": {"total_bytes": memory.total, "available_bytes": memory.available, "percent": memory.percent},
+        "disk": {"path": str(settings.BASE_DIR), "total_bytes": disk.total, "free_bytes": disk.free, "percent": disk.percent},
+        "process": process,
+        "versions": {"python": platform.python_version(), "django": django.get_version(), "app": APP_VERSION},
+        "database": {"vendor": connection.vendor, **database},
+        "cache": {"backend": settings.CACHES["default"]["BACKEND"].rsplit(".", 1)[-1], **_timed(_cache_check)},
+        "upstream": {
+            "provider": "openai-compatible" if upstream_configured() else "offline",
+            # The host only: a base URL may carry credentials or a tenant path.
+            "host": urlsplit(settings.OPENAI_BASE_URL or "https://api.openai.com/v1").hostname
+            if upstream_configured() else None,
+            "default_model": default_model(),
+        },
+        "counts": _counts() if database["ok"] else None,
+    }
+    return info

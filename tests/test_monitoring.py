@@ -1,0 +1,241 @@
+"""The monitoring app: request ids, JSON logs, readiness, system information and Prometheus
+metrics, in process and on the served server (two worker processes)."""
+
+import io
+import json
+import logging
+import os
+import re
+import subprocess
+import sys
+import time
+from typing import Any
+
+import httpx
+import pytest
+from rest_framework.test import APIClient
+
+from chat.services import api_key_create
+from monitoring.logs import JsonFormatter
+from monitoring.request_id import RequestIdFilter
+from tests.conftest import UPSTREAM_TEST_KEY, Persona
+from tests.fake_upstream import FakeUpstream
+from tests.served import PROJECT_DIR, Served, _free_port, _manage
+
+REQUEST_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+@pytest.fixture
+def admin(db: None) -> APIClient:
+    _, raw = api_key_create(name="ops", actor="test", scopes=["admin"])
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {raw}")
+    return client
+
+
+def chat(persona: Persona, **headers: str) -> Any:
+    return persona.client.post("/api/v1/chat", {"user_message": "Hello", "session_id": "watched"}, format="json",
+                               **headers)
+
+
+# --- Request ids -----------------------------------------------------------------------------
+
+
+def test_every_response_has_a_request_id_and_a_sensible_one_sent_is_kept(alice: Persona) -> None:
+    made_up = alice.client.get("/api/v1/sessions")
+    kept = alice.client.get("/api/v1/sessions", HTTP_X_REQUEST_ID="lb-7f3a.42")
+    replaced = alice.client.get("/api/v1/sessions", HTTP_X_REQUEST_ID="no spaces or <tags> please")
+    failed = APIClient().get("/api/v1/sessions")
+
+    assert REQUEST_ID.match(made_up.headers["X-Request-Id"])
+    assert kept.headers["X-Request-Id"] == "lb-7f3a.42"
+    assert REQUEST_ID.match(replaced.headers["X-Request-Id"])
+    assert failed.status_code == 401 and REQUEST_ID.match(failed.headers["X-Request-Id"])
+
+
+def test_the_request_id_is_in_every_log_line_of_the_turn_and_goes_upstream(
+    alice: Persona, fake_upstream: FakeUpstream
+) -> None:
+    written = io.StringIO()
+    handler = logging.StreamHandler(written)
+    handler.addFilter(RequestIdFilter())
+    handler.setFormatter(logging.Formatter("[%(request_id)s] %(message)s"))
+    logger = logging.getLogger("chat.turns")
+    logger.addHandler(handler)
+    try:
+        response = chat(alice, HTTP_X_REQUEST_ID="trace-abc-123")
+    finally:
+        logger.removeHandler(handler)
+
+    assert response.status_code == 200
+    assert fake_upstream.requests[0].headers["x-request-id"] == "trace-abc-123"
+    lines = written.getvalue().splitlines()
+    assert [line.split(" ")[:2] for line in lines] == [["[trace-abc-123]", "chat"]] * 2
+    assert "chat start" in lines[0] and "chat end" in lines[1]
+    # Outside a request there is no id.
+    logger.addHandler(handler)
+    try:
+        logger.warning("no request here")
+    finally:
+        logger.removeHandler(handler)
+    assert written.getvalue().splitlines()[-1] == "[-] no request here"
+
+
+def test_the_json_log_format_is_one_object_a_line() -> None:
+    record = logging.LogRecord("chat.turns", logging.WARNING, __file__, 1, "chat failed session=%s", ("s1",), None)
+    record.request_id = "abc"
+
+    entry = json.loads(JsonFormatter().format(record))
+
+    assert entry["level"] == "WARNING" and entry["logger"] == "chat.turns"
+    assert entry["message"] == "chat failed session=s1" and entry["request_id"] == "abc"
+    assert entry["time"].endswith("+00:00")
+
+
+# --- Readiness and system information -------------------------------------------------------------
+
+
+def test_ready_says_200_when_the_database_cache_and_migrations_are_in_order(db: None) -> None:
+    response = APIClient().get("/api/v1/system/ready")
+
+    assert response.status_code == 200
+    body = response.json()
+    assert body["status"] == "ready"
+    assert {name: check["ok"] for name, check in body["checks"].items()} == {
+        "database": True, "cache": True, "migrations": True
+    }
+
+
+def test_ready_says_503_naming_an_unreachable_cache(db: None, settings: Any) -> None:
+    settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache",
+                                   "LOCATION": f"redis://127.0.0.1:{_free_port()}/0"}}
+
+    response = APIClient().get("/api/v1/system/ready")
+
+    assert response.status_code == 503
+    body = response.json()
+    assert body["error_code"] == "not_ready" and body["details"]["failing"] == ["cache"]
+    assert "cache" in body["error_message"]
+
+
+@pytest.mark.e2e
+def test_ready_says_503_naming_pending_migrations_on_an_unmigrated_database(tmp_path: Any) -> None:
+    port = _free_port()
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "LLM_", "DATABASE"))},
+           "DJANGO_ENV": "development", "DATABASE_URL": f"sqlite:///{tmp_path / 'empty.sqlite3'}",
+           "LOG_FILE": str(tmp_path / "app.log"), "SERVER_PORT": str(port), "WEB_CONCURRENCY": "1"}
+    process = subprocess.Popen([sys.executable, "manage.py", "serve"], cwd=PROJECT_DIR, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                response = httpx.get(f"http://127.0.0.1:{port}/api/v1/system/ready", timeout=5)
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline and process.poll() is None
+                time.sleep(0.2)
+    finally:
+        process.terminate()
+        process.wait(timeout=15)
+
+    assert response.status_code == 503
+    details = response.json()["details"]
+    assert details["failing"] == ["migrations"]
+    assert "chat.0001_initial" in details["checks"]["migrations"]["pending"]
+
+
+def test_system_info_is_for_admin_keys_only(alice: Persona, admin: APIClient) -> None:
+    assert APIClient().get("/api/v1/system/info").status_code == 401
+    refused = alice.client.get("/api/v1/system/info")
+    assert refused.status_code == 403 and refused.json()["error_code"] == "insufficient_scope"
+    assert admin.get("/api/v1/system/info").status_code == 200
+
+
+def test_system_info_reports_the_machine_the_process_and_the_service(
+    admin: APIClient, alice: Persona, fake_upstream: FakeUpstream
+) -> None:
+    fake_upstream.enqueue()
+    assert chat(alice).status_code == 200
+
+    response = admin.get("/api/v1/system/info")
+
+    info = response.json()
+    assert info["cpu"]["count"] >= 1 and len(info["cpu"]["load_average"]) == 3
+    assert info["memory"]["total_bytes"] > info["memory"]["available_bytes"] > 0
+    assert info["process"]["rss_bytes"] > 0 and info["process"]["threads"] >= 1
+    assert info["versions"]["django"].startswith("5.2") and info["versions"]["python"].startswith("3.")
+    assert info["database"]["ok"] is True and info["database"]["vendor"] in ("sqlite", "postgresql")
+    assert info["cache"]["ok"] is True
+    assert info["upstream"] == {"provider": "openai-compatible", "host": "127.0.0.1", "default_model": "gpt-4o-mini"}
+    assert info["counts"]["api_keys"] == 2 and info["counts"]["sessions"] == 1 and info["counts"]["messages"] == 2
+    assert info["counts"]["tokens_today"] > 0
+    assert UPSTREAM_TEST_KEY not in response.content.decode()
+
+
+# --- Metrics ------------------------------------------------------------------------------------
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The value of one series in Prometheus' text format (0 when absent)."""
+    for line in text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            series, _, value = line.rpartition(" ")
+            if all(f'{key}="{wanted}"' in series for key, wanted in labels.items()):
+                return float(value)
+    return 0.0
+
+
+def test_metrics_count_requests_by_route_upstream_calls_and_tokens(
+    admin: APIClient, alice: Persona, fake_upstream: FakeUpstream
+) -> None:
+    before = admin.get("/metrics").content.decode()
+    assert chat(alice).status_code == 200
+    alice.client.get("/api/v1/sessions/watched")
+
+    response = admin.get("/metrics")
+
+    assert response.status_code == 200 and response.headers["Content-Type"].startswith("text/plain")
+    text = response.content.decode()
+
+    def grew(name: str, **labels: str) -> float:
+        return metric(text, name, **labels) - metric(before, name, **labels)
+
+    assert grew("llmserver_http_requests_total", route="/api/v1/chat", method="POST", status="200") == 1
+    assert grew("llmserver_http_requests_total", route="/api/v1/sessions/<str:session_id>", status="200") == 1
+    assert grew("llmserver_upstream_request_duration_seconds_count", provider="openai", outcome="success") == 1
+    assert grew("llmserver_tokens_total", model="gpt-4o-mini", kind="completion") > 0
+    assert "llmserver_active_streams" in text
+
+
+def test_metrics_need_an_admin_key_unless_opened(alice: Persona, settings: Any) -> None:
+    assert APIClient().get("/metrics").status_code == 401
+    assert alice.client.get("/metrics").status_code == 403
+    settings.METRICS_PUBLIC = True
+    assert APIClient().get("/metrics").status_code == 200
+
+
+@pytest.mark.e2e
+def test_metrics_add_up_every_worker_process(serve: Any) -> None:
+    served: Served = serve(LOG_FORMAT="json")
+    admin_key = _manage("create_api_key", "--name", "ops", "--scopes", "admin", env=served.env).strip().splitlines()[-1]
+    headers = {"Authorization": f"Bearer {admin_key}"}
+    # A new connection each time, so that both worker processes take some of them.
+    before = httpx.get(f"{served.base_url}/metrics", headers=headers).text
+    pids = {httpx.get(f"{served.base_url}/api/v1/system/info", headers=headers).json()["process"]["pid"]
+            for _ in range(40)}
+    for _ in range(30):
+        assert httpx.get(f"{served.base_url}/api/v1/system/health").status_code == 200
+
+    text = httpx.get(f"{served.base_url}/metrics", headers=headers).text
+
+    def grew(route: str) -> float:
+        return (metric(text, "llmserver_http_requests_total", route=route, status="200")
+                - metric(before, "llmserver_http_requests_total", route=route, status="200"))
+
+    assert len(pids) == 2, "both workers answered"
+    assert grew("/api/v1/system/health") == 30
+    assert grew("/api/v1/system/info") == 40
+    # The JSON log format: one object a line, each with the request's id.
+    lines = [json.loads(line) for line in served.log_file.read_text().splitlines() if line]
+    assert lines and all({"time", "level", "logger", "message", "request_id"} <= set(entry) for entry in lines)
