@@ -389,6 +389,8 @@ async def bench(args: argparse.Namespace, workdir: Path) -> None:
         "OPENAI_API_KEY": "sk-bench",
         "LLM_DEFAULT_MODEL": MODEL,
         "ACCESS_LOG": "false",
+        # Plain HTTP on loopback: production would otherwise redirect every request to HTTPS.
+        "SECURE_SSL_REDIRECT": "false",
     }
     cache = "local memory"
     if database == "PostgreSQL" and redis_reachable():

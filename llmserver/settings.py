@@ -114,6 +114,28 @@ MIDDLEWARE = [
 
 ROOT_URLCONF = "llmserver.urls"
 
+# Django's own security checks look for its middleware by dotted path, so they would not see
+# ours (subclasses of Django's, above) and would report them missing. llmserver/checks.py runs
+# those checks again with each of ours named as the Django class it extends, so nothing they
+# check is lost.
+SILENCED_SYSTEM_CHECKS = ["security.W001", "security.W002", "security.W003"]
+
+# --- HTTPS (production) ---------------------------------------------------------------------
+# Production assumes TLS, ended here or at a proxy trusted through FORWARDED_ALLOW_IPS (uvicorn
+# then takes the scheme from X-Forwarded-Proto). Plain HTTP is redirected, except the liveness and
+# readiness probes, which load balancers and the image's HEALTHCHECK call without TLS.
+SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=IS_PRODUCTION)
+SECURE_REDIRECT_EXEMPT = [r"^api/v1/system/(health|ready)$"]
+SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=31536000 if IS_PRODUCTION else 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=IS_PRODUCTION)
+SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=IS_PRODUCTION)
+SESSION_COOKIE_SECURE = IS_PRODUCTION
+CSRF_COOKIE_SECURE = IS_PRODUCTION
+# The origins allowed to post to the admin and the playground over HTTPS from another host name
+# (a proxy's), for example https://llm.example.com.
+CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+X_FRAME_OPTIONS = "DENY"
+
 TEMPLATES = [
     {
         "BACKEND": "django.template.backends.django.DjangoTemplates",

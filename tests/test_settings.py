@@ -113,3 +113,32 @@ def test_redis_url_selects_the_shared_redis_cache() -> None:
     result = load_settings("CACHES['default']['BACKEND']", REDIS_URL="redis://127.0.0.1:6379/0")
 
     assert result.stdout.strip() == "django.core.cache.backends.redis.RedisCache", result.stderr
+
+
+def deploy_check(**env: str) -> subprocess.CompletedProcess:
+    clean = {k: v for k, v in os.environ.items() if k not in PRODUCTION and not k.startswith("SECURE_")}
+    return subprocess.run(
+        [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
+        cwd=PROJECT_DIR, env={**clean, "LOG_FILE": "", **env}, capture_output=True, text=True, timeout=120,
+    )
+
+
+def test_the_documented_production_environment_passes_the_deploy_check() -> None:
+    result = deploy_check(**PRODUCTION)
+
+    assert result.returncode == 0, result.stderr
+    assert "System check identified no issues" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("setting", "check_id"),
+    [("SECURE_HSTS_SECONDS=0", "security.W004"), ("SECURE_SSL_REDIRECT=false", "security.W008")],
+)
+def test_the_deploy_check_sees_through_our_middleware_subclasses(setting: str, check_id: str) -> None:
+    # Django's checks look for its middleware by name; ours are subclasses (llmserver/checks.py).
+    name, value = setting.split("=")
+
+    result = deploy_check(**PRODUCTION, **{name: value})
+
+    assert result.returncode == 1
+    assert check_id in result.stderr
