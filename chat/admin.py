@@ -36,7 +36,6 @@ from llmserver.errors import ApiError
 
 REPORT_DAYS = 30
 TOP_KEYS = 10
-SUMMED = ("requests", "prompt_tokens", "completion_tokens", "total_tokens", "cost")
 
 
 def _actor(request: HttpRequest) -> str:
@@ -283,26 +282,14 @@ class UsageDailyAdmin(ReadOnlyAdmin):
         """The last 30 days: tokens per day and model as a chart, cost per model, the top keys."""
         day_to = timezone.now().date()
         day_from = day_to - timedelta(days=REPORT_DAYS - 1)
-        by_day_model = selectors.usage_report(api_key=None, day_from=day_from, day_to=day_to, group_by="day_model")
-        by_key = selectors.usage_report(api_key=None, day_from=day_from, day_to=day_to, group_by="key")
-        # Per model: the day-and-model rows already read, added up here rather than queried again.
-        per_model: dict[str, dict[str, Any]] = {}
-        for group in by_day_model["groups"]:
-            row = per_model.setdefault(group["model"], {"model": group["model"], **dict.fromkeys(SUMMED, 0)})
-            for name in SUMMED:
-                row[name] += group[name]
-        chart = charts.daily_tokens_svg(
-            [charts.DayModelTokens(day=g["day"], model=g["model"], tokens=g["total_tokens"])
-             for g in by_day_model["groups"]],
-            day_from=day_from, day_to=day_to,
-        )
-        top_keys = sorted(by_key["groups"], key=lambda g: g["total_tokens"], reverse=True)[:TOP_KEYS]
+        overview = selectors.usage_overview(day_from=day_from, day_to=day_to, top_keys=TOP_KEYS)
+        chart = charts.daily_tokens_svg(charts.points_from(overview["day_model"]), day_from=day_from, day_to=day_to)
         return TemplateResponse(request, "admin/chat/usagedaily/report.html", {
             **self.admin_site.each_context(request),
             "title": f"Usage, {day_from} to {day_to}",
             "opts": self.model._meta,
             "chart": mark_safe(chart),  # built from numbers and escaped model names only
-            "totals": by_day_model["totals"],
-            "models": sorted(per_model.values(), key=lambda row: row["model"]),
-            "top_keys": top_keys,
+            "totals": overview["totals"],
+            "models": overview["models"],
+            "top_keys": overview["top_keys"],
         })

@@ -16,6 +16,11 @@ class DayModelTokens:
     tokens: int
 
 
+def points_from(day_model_groups: list[dict]) -> list[DayModelTokens]:
+    """The points of `selectors.usage_overview()`'s day-and-model groups."""
+    return [DayModelTokens(day=g["day"], model=g["model"], tokens=g["total_tokens"]) for g in day_model_groups]
+
+
 def daily_tokens_svg(points: list[DayModelTokens], *, day_from: date, day_to: date) -> str:
     """One bar per day from `day_from` to `day_to`, stacked by model, with a legend."""
     days = [day_from + timedelta(days=n) for n in range((day_to - day_from).days + 1)]
@@ -45,7 +50,9 @@ def daily_tokens_svg(points: list[DayModelTokens], *, day_from: date, day_to: da
                 f'height="{height:.1f}" fill="{colour[point.model]}">'
                 f"<title>{day}: {escape(point.model)}, {point.tokens:,} tokens</title></rect>"
             )
-        if index % 7 == 0 or index == len(days) - 1:
+        # A label every week and on the last day, unless the two would overlap.
+        last = len(days) - 1
+        if index == last or (index % 7 == 0 and last - index >= 3):
             parts.append(f'<text x="{x:.1f}" y="{HEIGHT - 10}" font-size="10">{day:%m-%d}</text>')
     for row, model in enumerate(models):
         y = HEIGHT + LEGEND_ROW * (row + 1)

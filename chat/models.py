@@ -265,6 +265,10 @@ class UsageRecord(models.Model):
         indexes = [
             # Usage of one key over a period (reports, limits).
             models.Index(fields=["api_key", "created_at"], name="chat_usage_key_time_idx"),
+            # The dashboard's recent failures: only calls that did not succeed (few), newest first.
+            models.Index(
+                fields=["-created_at"], condition=~Q(outcome="success"), name="chat_usage_failures_recent_idx"
+            ),
         ]
 
     def __str__(self) -> str:

@@ -176,3 +176,36 @@ def usage_report(*, api_key: ApiKey | None, day_from: date, day_to: date, group_
     for group in groups:
         group["api_key__key_id"], group["api_key__name"] = named[group["api_key_id"]]
     return {"totals": totals, "groups": sorted(groups, key=lambda g: g["api_key__key_id"])}
+
+
+SUMMED_USAGE = ("requests", "prompt_tokens", "completion_tokens", "total_tokens", "cost")
+
+
+def usage_overview(*, day_from: date, day_to: date, top_keys: int) -> dict[str, Any]:
+    """Every key's usage over a period, for operators (the admin report, the dashboard): totals,
+    the day-and-model groups (for the chart), the same added up per model, and the keys that
+    spent the most tokens. Two queries on the roll-ups."""
+    by_day_model = usage_report(api_key=None, day_from=day_from, day_to=day_to, group_by="day_model")
+    by_key = usage_report(api_key=None, day_from=day_from, day_to=day_to, group_by="key")
+    # Per model: the day-and-model rows already read, added up here rather than queried again.
+    per_model: dict[str, dict[str, Any]] = {}
+    for group in by_day_model["groups"]:
+        row = per_model.setdefault(group["model"], {"model": group["model"], **dict.fromkeys(SUMMED_USAGE, 0)})
+        for name in SUMMED_USAGE:
+            row[name] += group[name]
+    return {
+        "totals": by_day_model["totals"],
+        "day_model": by_day_model["groups"],
+        "models": sorted(per_model.values(), key=lambda row: row["model"]),
+        "top_keys": sorted(by_key["groups"], key=lambda g: g["total_tokens"], reverse=True)[:top_keys],
+    }
+
+
+def usage_failures_recent(*, limit: int) -> QuerySet[UsageRecord]:
+    """The latest upstream calls that failed or were cut short, newest first (the partial index
+    chat_usage_failures_recent_idx holds only those, so this never scans the successes)."""
+    return (
+        UsageRecord.objects.exclude(outcome=UsageRecord.Outcome.SUCCESS)
+        .select_related("api_key")
+        .order_by("-created_at")[:limit]
+    )

@@ -191,6 +191,25 @@ def api_key_touch(*, api_key: ApiKey) -> None:
     api_key.last_used_at = now
 
 
+def playground_key_for(*, user: Any) -> ApiKey:
+    """The client key a staff user's playground chats run under: created on first use, owned by
+    the user, scope `chat`. Its secret is never shown (the playground authenticates with the
+    admin login), so it cannot be used from outside. Its sessions, usage and limits are those of
+    any key; revoking it makes the next playground chat start a new one."""
+    name = f"Playground: {user.get_username()}"[: ApiKey._meta.get_field("name").max_length]
+    now = timezone.now()
+    usable = (
+        ApiKey.objects.filter(owner=user, name=name, revoked_at__isnull=True)
+        .filter(Q(expires_at__isnull=True) | Q(expires_at__gt=now))
+        .order_by("pk")
+        .first()
+    )
+    if usable is not None:
+        return usable
+    api_key, _raw_key = api_key_create(name=name, actor=f"admin:{user.get_username()}", owner=user)
+    return api_key
+
+
 # --- Upstream credentials -------------------------------------------------------------------
 
 

@@ -3,6 +3,7 @@ from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from llmserver import errors
+from monitoring import pages
 from monitoring.api import MetricsView
 
 urlpatterns = [
@@ -12,6 +13,10 @@ urlpatterns = [
     path("metrics", MetricsView.as_view(), name="metrics"),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
+    # Staff pages, behind the admin login (monitoring/pages.py), before the admin's own catch-all.
+    path("admin/dashboard/", admin.site.admin_view(pages.dashboard), name="admin-dashboard"),
+    path("admin/playground/", admin.site.admin_view(pages.playground), name="admin-playground"),
+    path("admin/playground/chat", pages.PlaygroundChatView.as_view(), name="admin-playground-chat"),
     path("admin/", admin.site.urls),
     # Anything else under the API is a 404 in the one error shape, in development too (with
     # DEBUG on, Django would show its HTML debug page instead of calling handler404).
