@@ -8,6 +8,12 @@ DEV_STAMP := $(VENV)/.dev-installed
 # and drop the throwaway `test_postgres` one.
 POSTGRES_TEST_URL ?= postgres://postgres@127.0.0.1:5432/postgres
 
+# The browser test (tests/test_browser.py) drives Debian's Chromium: installed here when missing,
+# unless CHROMIUM_PATH names another one or SKIP_BROWSER_TESTS=1.
+CHROMIUM := $(shell command -v chromium || echo /usr/bin/chromium)
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+BROWSER := $(if $(or $(CHROMIUM_PATH),$(filter 1,$(SKIP_BROWSER_TESTS))),,$(CHROMIUM))
+
 .PHONY: setup migrate run test test-postgres check bench clean
 
 $(PY):
@@ -24,6 +30,10 @@ $(DEV_STAMP): requirements.txt requirements-dev.txt | $(PY)
 
 setup: $(RUNTIME_STAMP)
 
+$(CHROMIUM):
+	$(SUDO) apt-get update -qq
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium
+
 migrate: setup
 	$(PY) manage.py migrate --noinput
 
@@ -32,11 +42,11 @@ run: migrate
 	$(PY) manage.py serve
 
 # The whole suite on SQLite: needs nothing but Python.
-test: $(DEV_STAMP)
+test: $(DEV_STAMP) $(BROWSER)
 	$(PY) -m pytest
 
 # The whole suite again on PostgreSQL (CI runs both; see .ci/run).
-test-postgres: $(DEV_STAMP)
+test-postgres: $(DEV_STAMP) $(BROWSER)
 	DATABASE_URL=$(POSTGRES_TEST_URL) $(PY) -m pytest
 
 check: $(DEV_STAMP)

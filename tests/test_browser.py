@@ -1,0 +1,121 @@
+"""The staff pages in a real browser: headless Chromium (Debian's package), driven by Playwright,
+against the real server (`manage.py serve`) on 127.0.0.1.
+
+Playwright's own browser download is never used: it launches /usr/bin/chromium (or
+CHROMIUM_PATH). `make test` installs Debian's chromium when it is missing; without it this
+test fails saying so, unless SKIP_BROWSER_TESTS=1. Screenshots are kept in test-artifacts/.
+"""
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.served import PROJECT_DIR, Served, _manage
+
+pytestmark = pytest.mark.e2e
+
+ARTIFACTS = Path(os.environ.get("TEST_ARTIFACTS_DIR", PROJECT_DIR / "test-artifacts"))
+STAFF_USERNAME, STAFF_PASSWORD = "operator", "browser-test-password-1"
+# The flags the machine notes give for Chromium on a closed network, as root, with no screen.
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync",
+]
+
+
+def chromium_path() -> str:
+    path = os.environ.get("CHROMIUM_PATH") or shutil.which("chromium") or shutil.which("chromium-browser")
+    if path:
+        return path
+    if os.environ.get("SKIP_BROWSER_TESTS") == "1":
+        pytest.skip("SKIP_BROWSER_TESTS=1 and no Chromium found")
+    pytest.fail("The browser test needs Chromium: `make test` installs Debian's `chromium` package, or set "
+                "CHROMIUM_PATH (SKIP_BROWSER_TESTS=1 skips this test).")
+
+
+@pytest.fixture(scope="module")
+def staff_server(serve) -> Served:
+    served = serve()
+    _manage("createsuperuser", "--noinput", "--username", STAFF_USERNAME, "--email", "ops@example.com",
+            env={**served.env, "DJANGO_SUPERUSER_PASSWORD": STAFF_PASSWORD})
+    # Usage for the chart and the top keys: two chats through the API with a client key.
+    for text in ("first chat for the dashboard", "second chat for the dashboard"):
+        response = httpx.post(f"{served.base_url}/api/v1/chat", headers=served.headers(),
+                              json={"user_message": text}, timeout=30)
+        assert response.status_code == 200, response.text
+    return served
+
+
+@pytest.fixture
+def page(staff_server: Served) -> Iterator:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium_path(), headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 1000})
+            page.set_default_timeout(15_000)
+            yield page
+        finally:
+            browser.close()
+
+
+def log_in(page, served: Served) -> None:
+    page.goto(f"{served.base_url}/admin/login/?next=/admin/")
+    page.fill("#id_username", STAFF_USERNAME)
+    page.fill("#id_password", STAFF_PASSWORD)
+    page.click("input[type=submit]")
+    page.wait_for_url(f"{served.base_url}/admin/")
+
+
+def test_staff_user_sees_the_dashboard_chart_and_chats_in_the_playground(page, staff_server: Served) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    log_in(page, staff_server)
+
+    page.click("#operator-pages a:has-text('Dashboard')")
+    page.wait_for_url("**/admin/dashboard/")
+    bars = page.locator("#usage-chart svg rect.bar")
+    chart_box = page.locator("#usage-chart svg").bounding_box()
+    page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
+
+    assert bars.count() >= 1
+    assert chart_box is not None and chart_box["width"] > 300 and chart_box["height"] > 100
+    assert bars.first.bounding_box()["height"] > 0
+    assert page.inner_text("#today-requests") == "2"
+    assert "e2e" in page.inner_text("#top-keys")
+
+    page.goto(f"{staff_server.base_url}/admin/")
+    page.click("#operator-pages a:has-text('Playground')")
+    page.wait_for_url("**/admin/playground/")
+    page.fill("#role", "You are terse.")
+    page.fill("#message", "Hello from the browser test")
+    # Counts the changes to the transcript, to see the answer arrive in pieces, not at once.
+    page.evaluate("""() => {
+        window.transcriptChanges = 0;
+        new MutationObserver(records => { window.transcriptChanges += records.length; })
+            .observe(document.getElementById('transcript'), {childList: true, subtree: true, characterData: true});
+    }""")
+    page.click("#send")
+    answer = page.locator("#transcript .turn.assistant .text").last
+    page.wait_for_function("document.querySelector('#turn-status').textContent.includes('tokens')")
+    page.screenshot(path=str(ARTIFACTS / "playground.png"), full_page=True)
+
+    streamed = answer.inner_text()
+    assert streamed.strip()
+    # The user's turn, the assistant's turn, then one change per streamed piece (the offline
+    # provider streams word by word).
+    assert page.evaluate("window.transcriptChanges") > 5
+    assert "offline" in page.inner_text("#turn-status")
+    # What the browser showed is what the server stored, under the staff user's playground key.
+    stored = staff_server.rows(
+        "SELECT m.content, k.name FROM chat_message m JOIN chat_chatsession s ON s.id = m.session_id "
+        "JOIN chat_apikey k ON k.id = s.api_key_id WHERE m.role = 'assistant' ORDER BY m.id DESC LIMIT 1"
+    )
+    assert stored == [(streamed, f"Playground: {STAFF_USERNAME}")]
+    # The session is now selected, so a reload shows the stored conversation.
+    page.reload()
+    assert page.locator("#transcript .turn.user .text").first.inner_text() == "Hello from the browser test"
