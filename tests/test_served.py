@@ -208,22 +208,6 @@ def test_keys_never_reach_the_database_file_the_log_or_a_response(
         assert secret not in answered, f"{name} in a response"
 
 
-@pytest.fixture(scope="module")
-def postgres_url() -> Iterator[str]:
-    """A fresh PostgreSQL database for a served test, dropped afterwards; skipped without PostgreSQL."""
-    name = f"llmserver_e2e_{os.getpid()}"
-    try:
-        admin = psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError:
-        pytest.skip("PostgreSQL is not running on 127.0.0.1:5432")
-    with admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
-        admin.execute(f'CREATE DATABASE "{name}"')
-    yield POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
 def test_on_postgresql_concurrent_requests_share_a_bounded_pool(serve, postgres_url: str) -> None:
     """Under ASGI every request runs its database work in its own thread: without the pool,
     300 concurrent requests opened a connection each and PostgreSQL refused the surplus."""
