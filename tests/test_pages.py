@@ -90,3 +90,11 @@ def test_playground_chats_run_as_the_staff_users_own_key(staff: User) -> None:
     assert (session.api_key, session.system_prompt, session.messages.count()) == (key, "You are terse.", 4)
     page = client.get("/admin/playground/", {"session": session.public_id}).content.decode()
     assert "again" in page and "You are terse." in page
+
+
+def test_the_staff_login_error_is_translated_into_korean(db: None) -> None:
+    response = Client(headers={"Accept-Language": "ko"}).post(
+        "/admin/playground/chat", {"user_message": "hi"}, content_type="application/json"
+    )
+
+    assert response.json()["error_message"] == "플레이그라운드를 사용하려면 스태프 사용자로 관리자 페이지에 로그인하세요."
