@@ -24,6 +24,7 @@ from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.db import IntegrityError, connection, transaction
 from django.db.models import Case, F, Q, Value, When
 from django.utils import timezone
@@ -197,16 +198,18 @@ def playground_key_for(*, user: Any) -> ApiKey:
     admin login), so it cannot be used from outside. Its sessions, usage and limits are those of
     any key; revoking it makes the next playground chat start a new one."""
     name = f"Playground: {user.get_username()}"[: ApiKey._meta.get_field("name").max_length]
-    now = timezone.now()
-    usable = (
-        ApiKey.objects.filter(owner=user, name=name, revoked_at__isnull=True)
-        .filter(Q(expires_at__isnull=True) | Q(expires_at__gt=now))
-        .order_by("pk")
-        .first()
+    usable = ApiKey.objects.filter(owner=user, name=name, revoked_at__isnull=True).filter(
+        Q(expires_at__isnull=True) | Q(expires_at__gt=timezone.now())
     )
-    if usable is not None:
-        return usable
-    api_key, _raw_key = api_key_create(name=name, actor=f"admin:{user.get_username()}", owner=user)
+    if (found := usable.order_by("pk").first()) is not None:
+        return found
+    # First use: the user's row, locked, serialises two requests that both found no key (a page
+    # and its first chat), so that exactly one key is created.
+    with transaction.atomic():
+        list(get_user_model().objects.select_for_update().filter(pk=user.pk).values_list("pk", flat=True))
+        if (found := usable.order_by("pk").first()) is not None:
+            return found
+        api_key, _raw_key = api_key_create(name=name, actor=f"admin:{user.get_username()}", owner=user)
     return api_key
 
 

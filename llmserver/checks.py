@@ -5,7 +5,8 @@ settings.MIDDLEWARE). Ours are subclasses that run in the event loop (llmserver/
 so with the plain checks HSTS, the HTTPS redirect, nosniff, X-Frame-Options and CSRF would all
 pass unexamined. This check runs the registered security checks again with each middleware
 named as the Django class it extends, and reports what that run finds that the plain run
-did not.
+did not. "Middleware missing" (security.W001-W003, silenced in settings because the plain run
+always reports them) comes back as llmserver.W001-W003 when the middleware really is missing.
 """
 
 from collections.abc import Iterable
@@ -13,12 +14,13 @@ from typing import Any
 
 from django.apps import AppConfig
 from django.conf import settings
-from django.core.checks import CheckMessage, Tags, register
+from django.core.checks import CheckMessage, Tags, Warning, register
 from django.core.checks.registry import registry
 from django.test.utils import override_settings
 from django.utils.module_loading import import_string
 
 _running = False
+MIDDLEWARE_MISSING = {"security.W001", "security.W002", "security.W003"}
 
 
 def django_middleware_name(path: str) -> str:
@@ -42,4 +44,8 @@ def security_checks_with_django_names(app_configs: Iterable[AppConfig] | None, *
             renamed = registry.run_checks(app_configs, tags=[Tags.security], include_deployment_checks=True)
     finally:
         _running = False
-    return [message for message in renamed if message not in plain]
+    found = [
+        Warning(message.msg, hint=message.hint, id="llmserver." + message.id.split(".")[1])
+        for message in renamed if message.id in MIDDLEWARE_MISSING
+    ]
+    return found + [message for message in renamed if message not in plain and message.id not in MIDDLEWARE_MISSING]

@@ -123,9 +123,11 @@ SILENCED_SYSTEM_CHECKS = ["security.W001", "security.W002", "security.W003"]
 # --- HTTPS (production) ---------------------------------------------------------------------
 # Production assumes TLS, ended here or at a proxy trusted through FORWARDED_ALLOW_IPS (uvicorn
 # then takes the scheme from X-Forwarded-Proto). Plain HTTP is redirected, except the liveness and
-# readiness probes, which load balancers and the image's HEALTHCHECK call without TLS.
+# readiness probes, which load balancers and the image's HEALTHCHECK call without TLS, and
+# /metrics, which a Prometheus on the private network scrapes without TLS (it needs an admin key
+# or METRICS_PUBLIC; publish it through the TLS proxy only).
 SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=IS_PRODUCTION)
-SECURE_REDIRECT_EXEMPT = [r"^api/v1/system/(health|ready)$"]
+SECURE_REDIRECT_EXEMPT = [r"^api/v1/system/(health|ready)$", r"^metrics$"]
 SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=31536000 if IS_PRODUCTION else 0)
 SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=IS_PRODUCTION)
 SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=IS_PRODUCTION)
@@ -295,6 +297,10 @@ SPECTACULAR_SETTINGS = {
 # --- Monitoring -----------------------------------------------------------------------------
 # /metrics needs an admin key unless this is on (for a scraper on a private network).
 METRICS_PUBLIC = env.bool("METRICS_PUBLIC", default=False)
+# prometheus_client writes there as soon as a metric is created (at start-up, before any
+# command runs), so a directory the operator names must exist by then.
+if env.str("PROMETHEUS_MULTIPROC_DIR", default=""):
+    Path(env.str("PROMETHEUS_MULTIPROC_DIR")).mkdir(parents=True, exist_ok=True)
 
 # --- Logging --------------------------------------------------------------------------------
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO").upper()

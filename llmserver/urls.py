@@ -14,8 +14,8 @@ urlpatterns = [
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
     # Staff pages, behind the admin login (monitoring/pages.py), before the admin's own catch-all.
-    path("admin/dashboard/", admin.site.admin_view(pages.dashboard), name="admin-dashboard"),
-    path("admin/playground/", admin.site.admin_view(pages.playground), name="admin-playground"),
+    path("admin/dashboard/", pages.dashboard, name="admin-dashboard"),
+    path("admin/playground/", pages.playground, name="admin-playground"),
     path("admin/playground/chat", pages.PlaygroundChatView.as_view(), name="admin-playground-chat"),
     path("admin/", admin.site.urls),
     # Anything else under the API is a 404 in the one error shape, in development too (with

@@ -1,14 +1,17 @@
 """Staff pages, linked from the admin index: the operator dashboard and the chat playground.
 
-Both are behind the admin login (`admin.site.admin_view`). The playground's chat endpoint is the
-API's own chat view, authenticated by the admin session instead of a client key: what a staff
-user tries there runs exactly the code client apps run.
+Both are behind the admin login (`admin.site.admin_view`) and, beyond it, need operator rights:
+a superuser, or a staff user granted "Can view usage record" (the dashboard shows every key's
+spend, and the playground spends upstream money). The playground's chat endpoint is the API's
+own chat view, authenticated by the admin session instead of a client key: what an operator
+tries there runs exactly the code client apps run.
 """
 
 from datetime import timedelta
 from typing import Any
 
 from django.contrib import admin
+from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.utils import timezone
@@ -17,10 +20,12 @@ from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 from drf_spectacular.utils import extend_schema
 from rest_framework.authentication import SessionAuthentication
+from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 
 from chat import charts, selectors, services
 from chat.api import ChatView
+from chat.sse import EventStreamRenderer
 from chat.models import ApiKey, UsageDailyTotal
 from chat.openai_api import models_for
 from llmserver.errors import ApiError, SessionNotFound
@@ -30,8 +35,23 @@ DASHBOARD_DAYS = 30
 TOP_KEYS = 10
 RECENT_FAILURES = 20
 PLAYGROUND_SESSIONS = 50
+OPERATOR_PERMISSION = "chat.view_usagerecord"
 
 
+def is_operator(user: Any) -> bool:
+    return bool(user.is_active and user.is_staff and user.has_perm(OPERATOR_PERMISSION))
+
+
+def operator_only(view: Any) -> Any:
+    """`view` for operators; other staff users get Django's 403 page."""
+    def checked(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        if not is_operator(request.user):
+            raise PermissionDenied
+        return view(request, *args, **kwargs)
+    return admin.site.admin_view(checked)
+
+
+@operator_only
 def dashboard(request: HttpRequest) -> HttpResponse:
     """System stats, today's tokens and cost, 30 days of tokens per model, top keys, recent errors."""
     today = timezone.now().date()  # the roll-ups' days are UTC days
@@ -57,6 +77,7 @@ def dashboard(request: HttpRequest) -> HttpResponse:
     })
 
 
+@operator_only
 def playground(request: HttpRequest) -> HttpResponse:
     """Chat with the server as a client app would, streaming. `?session=<id>` continues a session."""
     api_key = services.playground_key_for(user=request.user)
@@ -88,7 +109,9 @@ def playground(request: HttpRequest) -> HttpResponse:
 class StaffLoginRequired(ApiError):
     status_code = 403
     error_code = "staff_login_required"
-    default_message = gettext_lazy("Log in to the admin as a staff user to use the playground.")
+    default_message = gettext_lazy(
+        "Log in to the admin as a superuser or a staff user who may view usage records to use the playground."
+    )
 
 
 class StaffSessionAuthentication(SessionAuthentication):
@@ -97,7 +120,7 @@ class StaffSessionAuthentication(SessionAuthentication):
 
     def authenticate(self, request: Request) -> tuple[Any, ApiKey]:
         authenticated = super().authenticate(request)
-        if authenticated is None or not authenticated[0].is_staff:
+        if authenticated is None or not is_operator(authenticated[0]):
             raise StaffLoginRequired()
         user = authenticated[0]
         return user, services.playground_key_for(user=user)
@@ -107,6 +130,8 @@ class PlaygroundChatView(ChatView):
     """`POST /admin/playground/chat`: the body and answers of `POST /api/v1/chat`."""
 
     authentication_classes = [StaffSessionAuthentication]
+    # JSON and events only: the browsable API would run the authentication again while rendering.
+    renderer_classes = [JSONRenderer, EventStreamRenderer]
 
     @extend_schema(exclude=True)
     async def post(self, request: Request) -> Any:

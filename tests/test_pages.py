@@ -3,7 +3,7 @@ playground's chat endpoint, which is the API's chat view run as the staff user's
 The browser test (tests/test_browser.py) drives the same pages in Chromium."""
 
 import pytest
-from django.contrib.auth.models import User
+from django.contrib.auth.models import Permission, User
 from django.test import Client
 
 from chat.models import ApiKey, ChatSession, UsageRecord
@@ -13,7 +13,10 @@ from tests.conftest import Persona
 
 @pytest.fixture
 def staff(db: None) -> User:
-    return User.objects.create_user("sam", "sam@example.com", "pw", is_staff=True)
+    """An operator: staff, allowed to view usage records (superusers are operators too)."""
+    user = User.objects.create_user("sam", "sam@example.com", "pw", is_staff=True)
+    user.user_permissions.add(Permission.objects.get(codename="view_usagerecord"))
+    return user
 
 
 def logged_in(user: User, **client_options) -> Client:
@@ -31,6 +34,31 @@ def test_the_staff_pages_need_a_staff_login(db: None, path: str) -> None:
 
     assert anonymous.status_code == 302 and anonymous["Location"].startswith("/admin/login/")
     assert logged_in_not_staff.status_code == 302 and logged_in_not_staff["Location"].startswith("/admin/login/")
+
+
+@pytest.mark.parametrize("path", ["/admin/dashboard/", "/admin/playground/"])
+def test_staff_without_operator_rights_get_403(db: None, path: str) -> None:
+    plain_staff = User.objects.create_user("pat", "pat@example.com", "pw", is_staff=True)
+
+    assert logged_in(plain_staff).get(path).status_code == 403
+
+
+def test_staff_without_operator_rights_cannot_chat_in_the_playground(db: None) -> None:
+    plain_staff = User.objects.create_user("pat", "pat@example.com", "pw", is_staff=True)
+
+    response = logged_in(plain_staff).post("/admin/playground/chat", {"user_message": "hi"},
+                                           content_type="application/json")
+
+    assert (response.status_code, response.json()["error_code"]) == (403, "staff_login_required")
+    assert not ApiKey.objects.exists() and not ChatSession.objects.exists()
+
+
+def test_asking_the_playground_chat_for_html_is_a_clear_error_not_a_500(db: None) -> None:
+    # The endpoint answers JSON or events only (the browsable API would rerun authentication).
+    response = Client().post("/admin/playground/chat", {"user_message": "hi"}, content_type="application/json",
+                             headers={"Accept": "text/html"})
+
+    assert (response.status_code, response.json()["error_code"]) == (406, "not_acceptable")
 
 
 def test_the_admin_index_links_to_the_staff_pages(staff: User) -> None:
@@ -68,11 +96,15 @@ def test_anonymous_playground_chat_is_refused_in_the_error_shape(db: None) -> No
 
 def test_playground_chat_needs_the_csrf_token(staff: User) -> None:
     client = logged_in(staff, enforce_csrf_checks=True)
+    client.get("/admin/playground/")  # sets the CSRF cookie, as the page does for its script
 
-    response = client.post("/admin/playground/chat", {"user_message": "hi"}, content_type="application/json")
+    without = client.post("/admin/playground/chat", {"user_message": "hi"}, content_type="application/json")
+    with_token = client.post("/admin/playground/chat", {"user_message": "hi"}, content_type="application/json",
+                             headers={"X-CSRFToken": client.cookies["csrftoken"].value})
 
-    assert response.status_code == 403
-    assert not ChatSession.objects.exists()
+    assert (without.status_code, without.json()["error_code"]) == (403, "permission_denied")
+    assert with_token.status_code == 200, with_token.content
+    assert ChatSession.objects.count() == 1
 
 
 def test_playground_chats_run_as_the_staff_users_own_key(staff: User) -> None:
@@ -97,4 +129,4 @@ def test_the_staff_login_error_is_translated_into_korean(db: None) -> None:
         "/admin/playground/chat", {"user_message": "hi"}, content_type="application/json"
     )
 
-    assert response.json()["error_message"] == "플레이그라운드를 사용하려면 스태프 사용자로 관리자 페이지에 로그인하세요."
+    assert response.json()["error_message"] == "플레이그라운드를 사용하려면 슈퍼유저나 사용 기록을 볼 수 있는 스태프 사용자로 관리자 페이지에 로그인하세요."

@@ -142,3 +142,36 @@ def test_the_deploy_check_sees_through_our_middleware_subclasses(setting: str, c
 
     assert result.returncode == 1
     assert check_id in result.stderr
+
+
+def test_the_deploy_check_reports_a_missing_middleware() -> None:
+    # Django's own "missing middleware" warnings are silenced (they cannot see our subclasses), so
+    # llmserver/checks.py must report a middleware that is really gone.
+    code = (
+        "import django; django.setup()\n"
+        "from django.conf import settings\n"
+        "from django.test.utils import override_settings\n"
+        "from llmserver.checks import security_checks_with_django_names\n"
+        "kept = [m for m in settings.MIDDLEWARE if not m.endswith('CsrfViewMiddleware')]\n"
+        "with override_settings(MIDDLEWARE=kept):\n"
+        "    print(sorted({m.id for m in security_checks_with_django_names(None)}))\n"
+    )
+    clean = {k: v for k, v in os.environ.items() if k not in PRODUCTION}
+    result = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_DIR, capture_output=True, text=True,
+                            env={**clean, **PRODUCTION, "DJANGO_SETTINGS_MODULE": "llmserver.settings", "LOG_FILE": ""},
+                            timeout=60)
+
+    assert result.returncode == 0, result.stderr
+    assert "llmserver.W003" in result.stdout
+
+
+def test_a_metrics_directory_the_operator_names_is_created_at_start(tmp_path: Path) -> None:
+    directory = tmp_path / "not-yet" / "metrics"
+
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check"], cwd=PROJECT_DIR, capture_output=True, text=True, timeout=60,
+        env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(directory), "LOG_FILE": ""},
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert directory.is_dir()
