@@ -339,24 +339,26 @@ API_PATH_PREFIXES = ("/api/", "/v1/")
 OPENAI_PATH_PREFIX = "/v1/"
 
 
-def not_found(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
-    """handler404: the one shape for API addresses no view matched, Django's page elsewhere."""
-    message = _("Nothing exists at this address.")
+def _api_error_response(request: HttpRequest, *, status_code: int, error_code: str, message: Any) -> HttpResponse | None:
+    """An error outside DRF views in the shape of the API the address belongs to (OpenAI's under
+    /v1/, ours under /api/), or None for other addresses (Django's own pages)."""
     if request.path.startswith(OPENAI_PATH_PREFIX):
-        return JsonResponse(openai_error(status_code=404, error_code="not_found", message=message), status=404)
+        return JsonResponse(openai_error(status_code=status_code, error_code=error_code, message=message),
+                            status=status_code)
     if request.path.startswith(API_PATH_PREFIXES):
-        return JsonResponse(error_body(error_code="not_found", error_message=message), status=404)
-    return defaults.page_not_found(request, exception or Http404())
+        return JsonResponse(error_body(error_code=error_code, error_message=message), status=status_code)
+    return None
+
+
+def not_found(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    """handler404: the API's error shape for API addresses no view matched, Django's page elsewhere."""
+    return _api_error_response(
+        request, status_code=404, error_code="not_found", message=_("Nothing exists at this address.")
+    ) or defaults.page_not_found(request, exception or Http404())
 
 
 def server_error(request: HttpRequest) -> HttpResponse:
     """handler500 for failures outside DRF views (middleware, plain views)."""
-    if request.path.startswith(API_PATH_PREFIXES):
-        return JsonResponse(
-            error_body(
-                error_code="internal_error",
-                error_message=INTERNAL_ERROR_MESSAGE,
-            ),
-            status=500,
-        )
-    return defaults.server_error(request)
+    return _api_error_response(
+        request, status_code=500, error_code="internal_error", message=INTERNAL_ERROR_MESSAGE
+    ) or defaults.server_error(request)

@@ -15,6 +15,7 @@ the database: `SessionMiddleware` still hops to the thread when the request used
 from typing import Any
 
 from asgiref.sync import sync_to_async
+from django.conf import settings
 from django.contrib.auth import middleware as auth
 from django.contrib.messages import middleware as messages
 from django.contrib.sessions import middleware as sessions
@@ -69,7 +70,8 @@ class SessionMiddleware(sessions.SessionMiddleware):
     async def __acall__(self, request: HttpRequest) -> HttpResponseBase:
         self.process_request(request)
         response = await self.get_response(request)
-        if request.session.accessed or request.session.modified:
-            # It may save the session: database work, in the request's thread.
+        if request.session.modified or settings.SESSION_SAVE_EVERY_REQUEST:
+            # It will save the session: database work, in the request's thread. (A session only
+            # read, as on every admin page, needs no save and so no hop.)
             return await sync_to_async(self.process_response, thread_sensitive=True)(request, response)
         return self.process_response(request, response)

@@ -297,10 +297,6 @@ SPECTACULAR_SETTINGS = {
 # --- Monitoring -----------------------------------------------------------------------------
 # /metrics needs an admin key unless this is on (for a scraper on a private network).
 METRICS_PUBLIC = env.bool("METRICS_PUBLIC", default=False)
-# prometheus_client writes there as soon as a metric is created (at start-up, before any
-# command runs), so a directory the operator names must exist by then.
-if env.str("PROMETHEUS_MULTIPROC_DIR", default=""):
-    Path(env.str("PROMETHEUS_MULTIPROC_DIR")).mkdir(parents=True, exist_ok=True)
 
 # --- Logging --------------------------------------------------------------------------------
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO").upper()
@@ -332,7 +328,7 @@ LOGGING = {
     "formatters": {
         "standard": {"()": "monitoring.logs.JsonFormatter"} if LOG_FORMAT == "json" else {"format": TEXT_LOG_FORMAT},
     },
-    "filters": {"request_id": {"()": "monitoring.request_id.RequestIdFilter"}},
+    "filters": {"request_id": {"()": "monitoring.logs.RequestIdFilter"}},
     "handlers": _log_handlers,
     "root": {"handlers": list(_log_handlers), "level": LOG_LEVEL},
     "loggers": {

@@ -10,6 +10,7 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.utils.translation import gettext as _
 from drf_spectacular.types import OpenApiTypes
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import serializers
 from rest_framework.permissions import AllowAny
@@ -21,7 +22,7 @@ from chat.authentication import HasClientKey
 from chat.models import ApiKey
 from chat.serializers import ErrorSerializer
 from llmserver.errors import error_body
-from monitoring import system
+from monitoring import metrics, system
 
 
 class HealthView(AsyncAPIView):
@@ -110,8 +111,6 @@ class MetricsView(AsyncAPIView):
         responses={(200, "text/plain"): OpenApiResponse(OpenApiTypes.STR), 401: ErrorSerializer, 403: ErrorSerializer},
     )
     async def get(self, request: Request) -> Response:
-        from monitoring.metrics import exposition
-
-        response = Response(await sync_to_async(exposition, thread_sensitive=False)())
-        response["Content-Type"] = "text/plain; version=0.0.4; charset=utf-8"
+        response = Response(await sync_to_async(metrics.exposition, thread_sensitive=False)())
+        response["Content-Type"] = CONTENT_TYPE_PLAIN_0_0_4
         return response

@@ -9,13 +9,46 @@ worker answers the scrape reports the whole server.
 
 import os
 import time
+from pathlib import Path
 
-from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+import psutil
+
 from django.http import HttpRequest, HttpResponseBase
+from django.utils.deprecation import MiddlewareMixin
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 from prometheus_client import REGISTRY as PROCESS_REGISTRY
 
+from llmserver.middleware import InEventLoop
+
 MULTIPROCESS_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def _multiprocess_directory() -> Path | None:
+    directory = os.environ.get(MULTIPROCESS_DIR_VARIABLE)
+    return Path(directory) if directory else None
+
+
+# prometheus_client opens its files there as each metric below is created (at start-up, before
+# any command runs), so a directory the operator names must exist by then.
+if (_directory := _multiprocess_directory()) is not None:
+    _directory.mkdir(parents=True, exist_ok=True)
+
+
+def _ended_process_ids() -> set[int]:
+    """Processes that left metrics files (`<kind>_<pid>.db`) and are no longer running."""
+    directory = _multiprocess_directory()
+    if directory is None:
+        return set()
+    pids = {int(path.stem.rsplit("_", 1)[1]) for path in directory.glob("*_*.db") if path.stem.rsplit("_", 1)[1].isdigit()}
+    return {pid for pid in pids if not psutil.pid_exists(pid)}
+
+
+def remove_files_of_ended_processes() -> None:
+    """At start-up: a previous run's files would be added to this run's counts."""
+    directory = _multiprocess_directory()
+    for pid in _ended_process_ids():
+        for path in directory.glob(f"*_{pid}.db"):  # type: ignore[union-attr]
+            path.unlink(missing_ok=True)
 
 http_requests = Counter(
     "llmserver_http_requests_total", "HTTP requests answered, by route and status.", ["method", "route", "status"]
@@ -44,7 +77,11 @@ active_streams = Gauge(
 
 def exposition() -> bytes:
     """Every metric of the server, in Prometheus' text format."""
-    if os.environ.get(MULTIPROCESS_DIR_VARIABLE):
+    if _multiprocess_directory() is not None:
+        # A worker that died (uvicorn replaces it) must not keep counting in the live gauges;
+        # its counters stay in the sums.
+        for pid in _ended_process_ids():
+            multiprocess.mark_process_dead(pid)
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
         return generate_latest(registry)
@@ -56,37 +93,17 @@ def record_tokens(*, model: str, prompt_tokens: int, completion_tokens: int) -> 
     tokens_used.labels(model=model, kind="completion").inc(completion_tokens)
 
 
-class RequestMetricsMiddleware:
+class RequestMetricsMiddleware(InEventLoop, MiddlewareMixin):
     """Counts and times every request by its route pattern (never its raw path, which would make
     a series per session id)."""
 
-    sync_capable = True
-    async_capable = True
+    def process_request(self, request: HttpRequest) -> None:
+        request.metrics_started = time.perf_counter()  # type: ignore[attr-defined]
 
-    def __init__(self, get_response):  # type: ignore[no-untyped-def]
-        self.get_response = get_response
-        self._async = iscoroutinefunction(get_response)
-        if self._async:
-            markcoroutinefunction(self)
-
-    def __call__(self, request: HttpRequest):  # type: ignore[no-untyped-def]
-        if self._async:
-            return self._acall(request)
-        started = time.perf_counter()
-        response = self.get_response(request)
-        self._observe(request, response, started)
-        return response
-
-    async def _acall(self, request: HttpRequest) -> HttpResponseBase:
-        started = time.perf_counter()
-        response = await self.get_response(request)
-        self._observe(request, response, started)
-        return response
-
-    @staticmethod
-    def _observe(request: HttpRequest, response: HttpResponseBase, started: float) -> None:
+    def process_response(self, request: HttpRequest, response: HttpResponseBase) -> HttpResponseBase:
         match = getattr(request, "resolver_match", None)
         route = "/" + match.route if match is not None and match.route else "unmatched"
         method = request.method or ""
         http_requests.labels(method=method, route=route, status=str(response.status_code)).inc()
-        http_request_duration.labels(method=method, route=route).observe(time.perf_counter() - started)
+        http_request_duration.labels(method=method, route=route).observe(time.perf_counter() - request.metrics_started)  # type: ignore[attr-defined]
+        return response

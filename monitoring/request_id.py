@@ -4,64 +4,39 @@ every log line written while the request runs (in the event loop and in its work
 asgiref copies context variables into them), and sent upstream with the model call, so that one
 id follows a chat from the client through our logs to the model provider's."""
 
-import logging
 import re
 import uuid
-from contextvars import ContextVar
 
 from django.http import HttpRequest, HttpResponseBase
+from django.utils.deprecation import MiddlewareMixin
+
+from llmserver.middleware import InEventLoop
+from monitoring.logs import current_request_id
 
 REQUEST_ID_HEADER = "X-Request-Id"
 # What we accept from outside: short, and nothing that could forge a log line or a header.
-_ACCEPTED = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-NO_REQUEST = "-"
-
-current_request_id: ContextVar[str] = ContextVar("request_id", default=NO_REQUEST)
+_ACCEPTED = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
 def request_id_from(header_value: str | None) -> str:
-    if header_value and _ACCEPTED.match(header_value):
+    if header_value and _ACCEPTED.fullmatch(header_value):
         return header_value
     return uuid.uuid4().hex
 
 
-class RequestIdMiddleware:
+class RequestIdMiddleware(InEventLoop, MiddlewareMixin):
     """Outermost middleware: sets the id before anything logs, and returns it on every response."""
 
-    sync_capable = True
-    async_capable = True
+    def process_request(self, request: HttpRequest) -> None:
+        request.request_id_token = current_request_id.set(  # type: ignore[attr-defined]
+            request_id_from(request.headers.get(REQUEST_ID_HEADER))
+        )
 
-    def __init__(self, get_response):  # type: ignore[no-untyped-def]
-        self.get_response = get_response
-        from asgiref.sync import iscoroutinefunction, markcoroutinefunction
-
-        self._async = iscoroutinefunction(get_response)
-        if self._async:
-            markcoroutinefunction(self)
-
-    def __call__(self, request: HttpRequest):  # type: ignore[no-untyped-def]
-        if self._async:
-            return self._acall(request)
-        token = current_request_id.set(request_id_from(request.headers.get(REQUEST_ID_HEADER)))
-        try:
-            response = self.get_response(request)
-            response[REQUEST_ID_HEADER] = current_request_id.get()
-            return response
-        finally:
-            current_request_id.reset(token)
-
-    async def _acall(self, request: HttpRequest) -> HttpResponseBase:
-        # Each request is its own task, with its own copy of the context: no reset needed, and
-        # a streamed response's body, written after this returns, still logs under the id.
-        current_request_id.set(request_id_from(request.headers.get(REQUEST_ID_HEADER)))
-        response = await self.get_response(request)
+    def process_response(self, request: HttpRequest, response: HttpResponseBase) -> HttpResponseBase:
         response[REQUEST_ID_HEADER] = current_request_id.get()
+        # Served sync (WSGI), the thread goes on to other work: take the id back. Under ASGI each
+        # request is a task with its own copy of the context, so there is nothing to take back,
+        # and a streamed body, written after this returns, still logs under the request's id.
+        if not self.async_mode:
+            current_request_id.reset(request.request_id_token)  # type: ignore[attr-defined]
         return response
-
-
-class RequestIdFilter(logging.Filter):
-    """Gives every log record a `request_id` ("-" outside a request)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.request_id = current_request_id.get()
-        return True

@@ -14,7 +14,7 @@ from django.conf import settings
 from django.core.cache import cache
 from django.db import DEFAULT_DB_ALIAS, connection, connections
 from django.db.migrations.executor import MigrationExecutor
-from django.db.models import Sum
+from django.db.models import Count, Q, Sum
 from django.utils import timezone
 
 from chat.models import ApiKey, ChatSession, Message, UsageDailyTotal
@@ -78,16 +78,17 @@ def readiness() -> dict[str, Any]:
 
 def _counts() -> dict[str, Any]:
     today = timezone.now().date()
+    keys = ApiKey.objects.aggregate(all=Count("pk"), active=Count("pk", filter=Q(revoked_at__isnull=True)))
     return {
-        "api_keys": ApiKey.objects.count(),
-        "active_api_keys": ApiKey.objects.filter(revoked_at__isnull=True).count(),
+        "api_keys": keys["all"],
+        "active_api_keys": keys["active"],
         "sessions": ChatSession.objects.count(),
         "messages": Message.objects.count(),
         "tokens_today": UsageDailyTotal.objects.filter(day=today).aggregate(total=Sum("total_tokens"))["total"] or 0,
     }
 
 
-def system_info() -> dict[str, Any]:
+def system_info(*, counts: bool = True) -> dict[str, Any]:
     memory = psutil.virtual_memory()
     disk = psutil.disk_usage(str(settings.BASE_DIR))
     with _PROCESS.oneshot():
@@ -119,6 +120,6 @@ def system_info() -> dict[str, Any]:
             if upstream_configured() else None,
             "default_model": default_model(),
         },
-        "counts": _counts() if database["ok"] else None,
+        "counts": _counts() if counts and database["ok"] else None,
     }
     return info

@@ -135,3 +135,13 @@ def fake_upstream(fake_upstream_server: FakeUpstream, settings: pytest.FixtureRe
     settings.OPENAI_API_KEY = UPSTREAM_TEST_KEY
     settings.LLM_DEFAULT_MODEL = "gpt-4o-mini"
     return fake_upstream_server
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The value of one series in Prometheus' text format (0 when absent)."""
+    for line in text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            series, _, value = line.rpartition(" ")
+            if all(f'{key}="{wanted}"' in series for key, wanted in labels.items()):
+                return float(value)
+    return 0.0

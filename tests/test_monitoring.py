@@ -17,8 +17,8 @@ from rest_framework.test import APIClient
 
 from chat.services import api_key_create
 from monitoring.logs import JsonFormatter
-from monitoring.request_id import RequestIdFilter
-from tests.conftest import UPSTREAM_TEST_KEY, Persona
+from monitoring.logs import RequestIdFilter
+from tests.conftest import UPSTREAM_TEST_KEY, Persona, metric
 from tests.fake_upstream import FakeUpstream
 from tests.served import PROJECT_DIR, Served, _free_port, _manage
 
@@ -176,16 +176,6 @@ def test_system_info_reports_the_machine_the_process_and_the_service(
 # --- Metrics ------------------------------------------------------------------------------------
 
 
-def metric(text: str, name: str, **labels: str) -> float:
-    """The value of one series in Prometheus' text format (0 when absent)."""
-    for line in text.splitlines():
-        if line.startswith(name + "{") or line.startswith(name + " "):
-            series, _, value = line.rpartition(" ")
-            if all(f'{key}="{wanted}"' in series for key, wanted in labels.items()):
-                return float(value)
-    return 0.0
-
-
 def test_metrics_count_requests_by_route_upstream_calls_and_tokens(
     admin: APIClient, alice: Persona, fake_upstream: FakeUpstream
 ) -> None:
@@ -205,7 +195,6 @@ def test_metrics_count_requests_by_route_upstream_calls_and_tokens(
     assert grew("llmserver_http_requests_total", route="/api/v1/sessions/<str:session_id>", status="200") == 1
     assert grew("llmserver_upstream_request_duration_seconds_count", provider="openai", outcome="success") == 1
     assert grew("llmserver_tokens_total", model="gpt-4o-mini", kind="completion") > 0
-    assert "llmserver_active_streams" in text
 
 
 def test_metrics_need_an_admin_key_unless_opened(alice: Persona, settings: Any) -> None:
@@ -227,6 +216,8 @@ def test_metrics_add_up_every_worker_process(serve: Any) -> None:
     for _ in range(30):
         assert httpx.get(f"{served.base_url}/api/v1/system/health").status_code == 200
 
+    chat_answer = httpx.post(f"{served.base_url}/api/v1/chat", headers={**served.headers(), "X-Request-Id": "json-log-1"},
+                             json={"user_message": "hi"}, timeout=30)
     text = httpx.get(f"{served.base_url}/metrics", headers=headers).text
 
     def grew(route: str) -> float:
@@ -239,3 +230,27 @@ def test_metrics_add_up_every_worker_process(serve: Any) -> None:
     # The JSON log format: one object a line, each with the request's id.
     lines = [json.loads(line) for line in served.log_file.read_text().splitlines() if line]
     assert lines and all({"time", "level", "logger", "message", "request_id"} <= set(entry) for entry in lines)
+    assert chat_answer.status_code == 200
+    turn = [entry for entry in lines if entry["message"].startswith(("chat start", "chat end"))]
+    assert [entry["request_id"] for entry in turn] == ["json-log-1", "json-log-1"]
+
+
+def test_a_worker_that_died_mid_stream_leaves_no_active_stream_behind(tmp_path: Any) -> None:
+    """uvicorn replaces a worker that dies; its live gauge must leave the sum, its counters stay."""
+    def run(code: str) -> str:
+        result = subprocess.run(
+            [sys.executable, "-c", "import django; django.setup()\nfrom monitoring import metrics\n" + code],
+            cwd=PROJECT_DIR, capture_output=True, text=True, timeout=60,
+            env={**os.environ, "DJANGO_SETTINGS_MODULE": "llmserver.settings", "LOG_FILE": "",
+                 "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)},
+        )
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    run("metrics.active_streams.inc()\n"
+        "metrics.http_requests.labels(method='POST', route='/api/v1/chat', status='200').inc()\n"
+        "import os; os._exit(0)")
+    text = run("print(metrics.exposition().decode())")
+
+    assert metric(text, "llmserver_active_streams") == 0
+    assert metric(text, "llmserver_http_requests_total", route="/api/v1/chat") == 1

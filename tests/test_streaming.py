@@ -11,7 +11,8 @@ import httpx
 import pytest
 
 from tests.fake_upstream import Behaviour, FakeUpstream
-from tests.served import Served
+from tests.conftest import metric
+from tests.served import Served, _manage
 
 pytestmark = pytest.mark.e2e
 
@@ -235,3 +236,23 @@ def test_a_client_gone_mid_stream_on_a_raw_socket_is_handled_the_same(upstream_s
     messages, usage = eventually(lambda: (lambda s: s if len(s[1]) == 1 else None)(stored(upstream_server, "s-raw")))
     assert [m["status"] for m in messages] == ["incomplete", "incomplete"]
     assert usage[0]["outcome"] == "partial"
+
+
+def test_a_stream_counts_as_active_while_it_is_written(upstream_server: Served, upstream: FakeUpstream) -> None:
+    admin_key = _manage("create_api_key", "--name", "ops", "--scopes", "admin", env=upstream_server.env).split()[-1]
+
+    def active() -> float:
+        text = httpx.get(f"{upstream_server.base_url}/metrics", headers={"Authorization": f"Bearer {admin_key}"}).text
+        return metric(text, "llmserver_active_streams")
+
+    upstream.enqueue(Behaviour(reply=LONG_REPLY, word_delay=0.05))
+    idle = active()
+    with httpx.stream("POST", f"{upstream_server.base_url}/api/v1/chat", headers=upstream_server.headers(),
+                      json={"user_message": "Talk slowly", "stream": True}, timeout=30) as response:
+        events = parse_events(response.iter_lines())
+        assert next(events)[0] == "delta"
+        during = active()
+        assert [name for name, _ in events][-1] == "done"
+
+    assert (idle, during) == (0, 1)
+    assert eventually(lambda: active() == 0)

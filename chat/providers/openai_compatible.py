@@ -22,7 +22,8 @@ from openai.types.chat import ChatCompletionChunk
 
 from chat import tokens
 from chat.providers.base import Completion, CompletionRequest, StreamDelta
-from monitoring.request_id import NO_REQUEST, REQUEST_ID_HEADER, current_request_id
+from monitoring.logs import NO_REQUEST, current_request_id
+from monitoring.request_id import REQUEST_ID_HEADER
 from llmserver.errors import (
     UpstreamAuthFailed,
     UpstreamBadResponse,

@@ -2,25 +2,24 @@
 
 import os
 import tempfile
-from pathlib import Path
 from typing import Any
 
 import uvicorn
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 
+from monitoring import metrics
 
-def _prepare_metrics_directory() -> None:
+
+def _prepare_metrics_directory(workers: int) -> None:
     """Several workers keep their metrics in files under PROMETHEUS_MULTIPROC_DIR (monitoring/
-    metrics.py). It must be set before the workers start and must not hold a previous run's
-    files, which would be added to this run's counts."""
-    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-    if directory:
-        Path(directory).mkdir(parents=True, exist_ok=True)
-        for stale in Path(directory).glob("*.db"):
-            stale.unlink()
-    else:
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="llmserver-metrics-")
+    metrics.py): without one named, a fresh directory, set before the workers start. A named one
+    loses the files of processes that have ended (a previous run's), which would be added to
+    this run's counts."""
+    if metrics.MULTIPROCESS_DIR_VARIABLE in os.environ:
+        metrics.remove_files_of_ended_processes()
+    elif workers > 1:
+        os.environ[metrics.MULTIPROCESS_DIR_VARIABLE] = tempfile.mkdtemp(prefix="llmserver-metrics-")
 
 
 class Command(BaseCommand):
@@ -35,8 +34,7 @@ class Command(BaseCommand):
         host = options["host"] or settings.SERVER_HOST
         port = options["port"] or settings.SERVER_PORT
         workers = options["workers"] or settings.WEB_CONCURRENCY
-        if workers > 1:
-            _prepare_metrics_directory()
+        _prepare_metrics_directory(workers)
         self.stdout.write(f"Serving LLM Server on http://{host}:{port} with {workers} worker(s)")
         uvicorn.run(
             "llmserver.asgi:application",
