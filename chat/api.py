@@ -5,7 +5,6 @@ while it does. The session views are quick database reads and writes, so they st
 """
 
 import dataclasses
-import logging
 from collections.abc import AsyncIterator
 
 from adrf.views import APIView as AsyncAPIView
@@ -41,9 +40,7 @@ from chat.serializers import (
     UsageRecordSerializer,
     UsageReportSerializer,
 )
-from llmserver.errors import INTERNAL_ERROR_MESSAGE, ApiError, ScopeMissing, error_body
-
-logger = logging.getLogger(__name__)
+from llmserver.errors import ScopeMissing, api_exception_handler
 
 
 def _errors(*statuses: int) -> dict[int, OpenApiResponse]:
@@ -137,12 +134,9 @@ async def _chat_events(
             yield sse_event({"delta": piece.text}, event="delta")
             piece = await anext(pieces)
         yield sse_event(_chat_response(piece), event="done")
-    except ApiError as exc:
-        yield sse_event(error_body(error_code=exc.error_code, error_message=exc.message, details=exc.details),
-                        event="error")
-    except Exception:
-        logger.exception("Streamed chat failed")
-        yield sse_event(error_body(error_code="internal_error", error_message=INTERNAL_ERROR_MESSAGE), event="error")
+    except Exception as exc:
+        # The same mapping (and logging of bugs) as an error before the stream started.
+        yield sse_event(api_exception_handler(exc, {"where": "a streamed chat"}).data, event="error")
     finally:
         # Ends the turn now if the client went away mid-stream (stores what was generated).
         await pieces.aclose()

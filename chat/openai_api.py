@@ -9,7 +9,6 @@ message, and the session's persona, memory and stored history are put before it.
 call is stateless: the client's messages are sent as they are, and only the usage is recorded.
 """
 
-import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -33,9 +32,8 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from chat import turns
-from chat.models import ApiKey
-from chat.providers import StreamDelta, default_model
+from chat import services, turns
+from chat.providers import StreamDelta
 from chat.serializers import (
     StrictBooleanField,
     StrictCharField,
@@ -46,16 +44,7 @@ from chat.serializers import (
 from chat.services import DEFAULT_MAX_TOKENS, ChatTurnInput, StatelessTurnInput
 from chat.sse import EventStreamRenderer, event_stream_response, sse_event
 from chat.upstreams import upstream_choose
-from llmserver.errors import (
-    INTERNAL_ERROR_MESSAGE,
-    ApiError,
-    InvalidInput,
-    ModelNotFound,
-    openai_error,
-    openai_exception_handler,
-)
-
-logger = logging.getLogger(__name__)
+from llmserver.errors import InvalidInput, ModelNotFound, openai_exception_handler
 
 SESSION_HEADER = "X-Session-Id"
 # OpenAI's default temperature (our own API's default, 0.7, is the original design's).
@@ -297,12 +286,9 @@ async def _completion_chunks(
                 "choices": [], "usage": _usage(piece),
             })
         yield sse_event("[DONE]")
-    except ApiError as exc:
-        yield sse_event(openai_error(status_code=exc.status_code, error_code=exc.error_code, message=exc.message,
-                                     details=exc.details))
-    except Exception:
-        logger.exception("Streamed chat completion failed")
-        yield sse_event(openai_error(status_code=500, error_code="internal_error", message=INTERNAL_ERROR_MESSAGE))
+    except Exception as exc:
+        # The same mapping (and logging of bugs) as an error before the stream started.
+        yield sse_event(openai_exception_handler(exc, {"where": "a streamed chat completion"}).data)
     finally:
         await pieces.aclose()
 
@@ -365,18 +351,6 @@ class ChatCompletionsView(OpenAIView):
 # --- Models -------------------------------------------------------------------------------------
 
 
-def models_for(api_key: ApiKey) -> list[str]:
-    """The models this key can use, as far as the server knows: its allow-list, else what its
-    upstream credential serves, else the server's default model (a key without an allow-list
-    may ask for any model its upstream serves)."""
-    credential = api_key.upstream_credential
-    if api_key.allowed_models:
-        return list(api_key.allowed_models)
-    if credential is not None and credential.served_models:
-        return list(credential.served_models)
-    return [default_model()]
-
-
 def _model_object(name: str) -> dict[str, Any]:
     return {"id": name, "object": "model", "created": 0, "owned_by": "llm-server"}
 
@@ -400,7 +374,7 @@ class ModelListView(OpenAISyncView):
         },
     )
     def get(self, request: Request) -> Response:
-        return Response({"object": "list", "data": [_model_object(name) for name in models_for(request.auth)]})
+        return Response({"object": "list", "data": [_model_object(name) for name in services.models_usable_by(request.auth)]})
 
 
 class ModelDetailView(OpenAISyncView):
@@ -411,7 +385,7 @@ class ModelDetailView(OpenAISyncView):
         responses={200: OpenAIModelSerializer, **{code: _OPENAI_ERROR for code in (401, 403, 404)}},
     )
     def get(self, request: Request, model: str) -> Response:
-        if model not in models_for(request.auth):
+        if model not in services.models_usable_by(request.auth):
             raise ModelNotFound(
                 _("The model %(model)s does not exist or this key may not use it.") % {"model": model},
                 details={"model": model},

@@ -440,6 +440,18 @@ def model_default_for(api_key: ApiKey) -> str:
     return default_model()
 
 
+def models_usable_by(api_key: ApiKey) -> list[str]:
+    """The models this key can use with the server's upstream, as far as the server knows (what
+    /v1/models lists): its allow-list, narrowed to what its upstream credential serves when
+    that is known; else what the credential serves; else the server's default model (such a
+    key may still ask for any model its upstream serves). `_check_model` enforces the same."""
+    credential = api_key.upstream_credential
+    served = credential.served_models if credential is not None else []
+    if api_key.allowed_models:
+        return [model for model in api_key.allowed_models if not served or model in served]
+    return list(served) or [default_model()]
+
+
 def _check_model(*, api_key: ApiKey, model: str, key_source: str) -> None:
     if api_key.allowed_models and model not in api_key.allowed_models:
         raise ModelNotAllowed(

@@ -30,7 +30,8 @@ def event_stream_response(events: AsyncIterator[bytes], *, headers: dict[str, st
 class EventStreamRenderer(BaseRenderer):
     """Lets a client that accepts only text/event-stream call a streaming endpoint: without it,
     content negotiation refuses such a request with 406. Whatever is answered before a stream
-    starts (an error, mostly) goes out as one event: `error` in the error shape, else `done`."""
+    starts (an error, mostly) goes out as one event: `error` for an error status (in whichever
+    error shape the view uses), else `done`."""
 
     media_type = CONTENT_TYPE
     format = "event-stream"
@@ -39,5 +40,6 @@ class EventStreamRenderer(BaseRenderer):
     def render(self, data: Any, accepted_media_type: str | None = None, renderer_context: Any = None) -> bytes:
         if data is None:
             return b""
-        failed = isinstance(data, dict) and data.get("success") is False
+        response = (renderer_context or {}).get("response")
+        failed = response is not None and response.status_code >= 400
         return sse_event(data, event="error" if failed else "done")

@@ -113,6 +113,12 @@ def _observe_upstream(*, upstream: UpstreamChoice, outcome: str, latency_ms: int
         metrics.upstream_errors.labels(provider=provider, error_code=error_code).inc()
 
 
+def _name_turn_in(exc: BaseException, prepared: PreparedTurn) -> None:
+    """The error's details name the kept question, so that the client can find it."""
+    if isinstance(exc, ApiError) and not prepared.stateless:
+        exc.details.update(session_id=prepared.session_id, user_message_id=prepared.user_message_id)
+
+
 async def _end_failed(
     *, prepared: PreparedTurn, upstream: UpstreamChoice, exc: BaseException, latency_ms: int
 ) -> None:
@@ -123,8 +129,7 @@ async def _end_failed(
         _in_thread(services.chat_turn_fail)(turn=prepared, error_code=error_code, latency_ms=latency_ms)
     )
     logger.warning("chat failed session=%s error=%s latency_ms=%d", prepared.session_id or "-", error_code, latency_ms)
-    if isinstance(exc, ApiError) and not prepared.stateless:
-        exc.details.update(session_id=prepared.session_id, user_message_id=prepared.user_message_id)
+    _name_turn_in(exc, prepared)
 
 
 async def _end_answered(
@@ -183,6 +188,19 @@ def _result(
     )
 
 
+async def _finish(
+    *, prepared: PreparedTurn, upstream: UpstreamChoice, completion: Completion, started: float,
+    upstream_started: float,
+) -> ChatTurnResult:
+    """A turn upstream answered in full: store the answer and say what it cost."""
+    latency_ms = _elapsed_ms(upstream_started)
+    answer = await _end_answered(prepared=prepared, upstream=upstream, completion=completion, latency_ms=latency_ms)
+    return _result(
+        prepared=prepared, upstream=upstream, completion=completion, answer=answer, started=started,
+        latency_ms=latency_ms,
+    )
+
+
 async def chat_turn_run(
     *, api_key: ApiKey, upstream: UpstreamChoice, turn: ChatTurnInput | StatelessTurnInput
 ) -> ChatTurnResult:
@@ -203,12 +221,8 @@ async def chat_turn_run(
     except BaseException as exc:
         await _end_failed(prepared=prepared, upstream=upstream, exc=exc, latency_ms=_elapsed_ms(upstream_started))
         raise
-    latency_ms = _elapsed_ms(upstream_started)
-    answer = await _end_answered(prepared=prepared, upstream=upstream, completion=completion, latency_ms=latency_ms)
-    return _result(
-        prepared=prepared, upstream=upstream, completion=completion, answer=answer, started=started,
-        latency_ms=latency_ms,
-    )
+    return await _finish(prepared=prepared, upstream=upstream, completion=completion, started=started,
+                         upstream_started=upstream_started)
 
 
 def _partial_completion(prepared: PreparedTurn, text: str) -> Completion:
@@ -277,12 +291,7 @@ async def chat_turn_stream(
         logger.warning(
             "chat cut short session=%s error=%s latency_ms=%d", prepared.session_id or "-", cut_short_by, latency_ms
         )
-        if isinstance(exc, ApiError) and not prepared.stateless:
-            exc.details.update(session_id=prepared.session_id, user_message_id=prepared.user_message_id)
+        _name_turn_in(exc, prepared)
         raise
-    latency_ms = _elapsed_ms(upstream_started)
-    answer = await _end_answered(prepared=prepared, upstream=upstream, completion=completion, latency_ms=latency_ms)
-    yield _result(
-        prepared=prepared, upstream=upstream, completion=completion, answer=answer, started=started,
-        latency_ms=latency_ms,
-    )
+    yield await _finish(prepared=prepared, upstream=upstream, completion=completion, started=started,
+                        upstream_started=upstream_started)

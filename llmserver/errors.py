@@ -285,7 +285,7 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
     if isinstance(exc, drf_exceptions.APIException):
         return _response(status_code=exc.status_code, error_code=exc.default_code, message=exc.detail)
     # A bug: log it with its traceback and keep the shape; the message reveals nothing internal.
-    logger.exception("Unhandled error in %s", context.get("view").__class__.__name__)
+    logger.exception("Unhandled error in %s", context.get("where") or context.get("view").__class__.__name__)
     return _response(
         status_code=status.HTTP_500_INTERNAL_SERVER_ERROR,
         error_code="internal_error",

@@ -27,7 +27,6 @@ from chat import charts, selectors, services
 from chat.api import ChatView
 from chat.sse import EventStreamRenderer
 from chat.models import ApiKey, UsageDailyTotal
-from chat.openai_api import models_for
 from llmserver.errors import ApiError, SessionNotFound
 from monitoring import system
 
@@ -98,7 +97,7 @@ def playground(request: HttpRequest) -> HttpResponse:
         "session": session,
         "messages": messages,
         "model": session.model if session else services.model_default_for(api_key),
-        "models": sorted({*models_for(api_key), *recent_models}),
+        "models": sorted({*services.models_usable_by(api_key), *recent_models}),
     })
 
 

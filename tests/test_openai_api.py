@@ -16,12 +16,6 @@ from tests.served import Served, _manage
 COMPLETIONS_URL = "/v1/chat/completions"
 
 
-@pytest.fixture
-def upstream(upstream_server: Served, fake_upstream_server: FakeUpstream) -> FakeUpstream:
-    fake_upstream_server.reset()
-    return fake_upstream_server
-
-
 def sdk(served: Served, **options: Any) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{served.base_url}/v1", api_key=served.api_key, max_retries=0, **options)
 
@@ -146,7 +140,7 @@ def test_errors_reach_the_sdk_as_its_own_exceptions(upstream_server: Served, ups
         with client.chat.completions.create(model="gpt-4o-mini", messages=messages, stream=True) as stream:
             for _ in stream:
                 pass
-    with pytest.raises(openai.NotFoundError):
+    with pytest.raises(openai.NotFoundError) as unknown_model:
         client.models.retrieve("no-such-model")
 
     assert unauthenticated.value.status_code == 401
@@ -156,6 +150,7 @@ def test_errors_reach_the_sdk_as_its_own_exceptions(upstream_server: Served, ups
     assert upstream_failed.value.status_code == 502 and upstream_failed.value.body["code"] == "upstream_error"
     assert cut_off.value.body["code"] == "upstream_interrupted"
     assert cut_off.value.body["type"] == "server_error"
+    assert unknown_model.value.body["code"] == "model_not_found"
 
 
 @pytest.mark.e2e
@@ -251,3 +246,11 @@ def test_an_unknown_address_under_v1_is_a_404_in_openai_shape(alice: Persona) ->
 
     assert response.status_code == 404
     assert response.json()["error"]["code"] == "not_found"
+
+
+def test_an_error_before_the_stream_goes_to_an_event_stream_client_as_an_error_event(alice: Persona) -> None:
+    response = alice.client.post(COMPLETIONS_URL, {"model": "gpt-4o-mini", "messages": [], "stream": True},
+                                 format="json", HTTP_ACCEPT="text/event-stream")
+
+    assert response.status_code == 400
+    assert response.content.decode().startswith("event: error\ndata: {\"error\":")

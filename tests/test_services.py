@@ -10,13 +10,22 @@ from django.utils import timezone
 
 from chat import services
 
-from chat.models import ChatSession, Message, UsageRecord
+from chat.models import ChatSession, Message, UpstreamCredential, UsageRecord
 from chat.providers import get_provider
-from chat.services import ChatTurnInput, chat_turn_begin, chat_turn_complete, chat_turn_fail
+from chat.services import (
+    ChatTurnInput,
+    _check_model,
+    api_key_create,
+    chat_turn_begin,
+    chat_turn_complete,
+    chat_turn_fail,
+    models_usable_by,
+    upstream_credential_save,
+)
 from chat.turns import chat_turn_run
 from chat.providers.base import Completion
 from chat.upstreams import UpstreamChoice
-from llmserver.errors import SessionBusy, SessionNotFound, UpstreamTimeout
+from llmserver.errors import ModelNotAllowed, ModelNotAvailable, SessionBusy, SessionNotFound, UpstreamTimeout
 from tests.conftest import Persona
 from tests.fake_upstream import Behaviour, FakeUpstream
 
@@ -197,3 +206,24 @@ def test_upstream_retries_are_cut_at_the_turns_deadline(
 
     assert Message.objects.get().error_code == "upstream_timeout"
     assert services.turn_lease().total_seconds() > services.upstream_deadline_seconds()
+
+
+def test_the_models_a_key_is_listed_are_the_models_it_may_use(db: None) -> None:
+    """/v1/models (models_usable_by) and the turn's model check (_check_model) agree: an allow-list
+    is narrowed to what the key's upstream credential serves."""
+    credential = upstream_credential_save(
+        credential=UpstreamCredential(name="team", base_url="", served_models=["gpt-4o", "gpt-4o-mini"]),
+        plaintext_key="sk-team-key-for-tests",
+    )
+    narrowed, _ = api_key_create(name="a", actor="test", allowed_models=["gpt-4o", "o3"], upstream_credential=credential)
+    served_only, _ = api_key_create(name="b", actor="test", upstream_credential=credential)
+    plain, _ = api_key_create(name="c", actor="test")
+
+    assert models_usable_by(narrowed) == ["gpt-4o"]
+    assert models_usable_by(served_only) == ["gpt-4o", "gpt-4o-mini"]
+    assert models_usable_by(plain) == ["offline"]
+    _check_model(api_key=narrowed, model="gpt-4o", key_source="default")
+    with pytest.raises(ModelNotAvailable):
+        _check_model(api_key=narrowed, model="o3", key_source="default")
+    with pytest.raises(ModelNotAllowed):
+        _check_model(api_key=narrowed, model="gpt-4o-mini", key_source="default")
