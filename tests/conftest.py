@@ -10,6 +10,7 @@ and no response body or header that the test received.
 """
 
 import logging
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 import pytest
 from django.apps import apps
 from django.core.cache import cache
+from django.utils import timezone
 from rest_framework.test import APIClient
 
 from chat import keys
@@ -145,3 +147,10 @@ def metric(text: str, name: str, **labels: str) -> float:
             if all(f'{key}="{wanted}"' in series for key, wanted in labels.items()):
                 return float(value)
     return 0.0
+
+
+def wait_for_a_fresh_minute(seconds_needed: float = 10) -> None:
+    """Requests-per-minute windows are fixed UTC minutes: start a test early in one."""
+    left = 60 - timezone.now().second - timezone.now().microsecond / 1e6
+    if left < seconds_needed:
+        time.sleep(left + 0.05)

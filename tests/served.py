@@ -156,6 +156,14 @@ def redis_url() -> str:
     return url
 
 
+@pytest.fixture
+def upstream(fake_upstream_server: FakeUpstream) -> Iterator[FakeUpstream]:
+    """The fake upstream the served servers call, empty at the start of each test and after it."""
+    fake_upstream_server.reset()
+    yield fake_upstream_server
+    fake_upstream_server.reset()
+
+
 @pytest.fixture(scope="module")
 def offline_server(serve) -> Served:
     return serve()

@@ -7,15 +7,12 @@ Skipped where PostgreSQL or Redis is not running (`make test` with SQLite alone)
 starts both."""
 
 import asyncio
-import time
-from collections.abc import Iterator
-from datetime import datetime, timezone
 
 import httpx
 import psycopg
 import pytest
 
-from tests.conftest import UPSTREAM_TEST_KEY
+from tests.conftest import UPSTREAM_TEST_KEY, wait_for_a_fresh_minute
 from tests.fake_upstream import Behaviour, FakeUpstream
 from tests.served import Served, _manage
 
@@ -30,13 +27,6 @@ def instances(serve, postgres_url: str, redis_url: str, fake_upstream_server: Fa
         "LLM_DEFAULT_MODEL": "gpt-4o-mini",
     }
     return serve(**shared), serve(**shared)
-
-
-@pytest.fixture
-def upstream(fake_upstream_server: FakeUpstream) -> Iterator[FakeUpstream]:
-    fake_upstream_server.reset()
-    yield fake_upstream_server
-    fake_upstream_server.reset()
 
 
 def chat(served: Served, key: str, **body) -> httpx.Response:
@@ -80,18 +70,12 @@ def test_one_turn_at_a_time_per_session_holds_across_instances(
     assert (second.status_code, second.json()["error_code"]) == (409, "session_busy")
 
 
-def start_of_a_fresh_minute() -> None:
-    """Rate limits count per UTC minute: start where the window cannot roll over mid-test."""
-    if datetime.now(timezone.utc).second >= 50:
-        time.sleep(61 - datetime.now(timezone.utc).second)
-
-
 def test_a_keys_limit_holds_over_both_instances_together(
     instances: tuple[Served, Served], upstream: FakeUpstream
 ) -> None:
     a, b = instances
     limited = _manage("create_api_key", "--name", "limited", "--rpm", "4", env=a.env).strip().splitlines()[-1]
-    start_of_a_fresh_minute()
+    wait_for_a_fresh_minute()
 
     async def run() -> list[int]:
         async with httpx.AsyncClient(headers={"Authorization": f"Bearer {limited}"}, timeout=30) as client:
@@ -127,7 +111,7 @@ def test_usage_from_both_instances_is_counted_once(
     assert (records, tokens) == (5, spent)
 
 
-def test_a_key_revoked_through_one_instance_stops_on_both(instances: tuple[Served, Served]) -> None:
+def test_a_key_revoked_in_the_shared_database_stops_on_both(instances: tuple[Served, Served]) -> None:
     a, b = instances
     key = _manage("create_api_key", "--name", "to-revoke", env=a.env).strip().splitlines()[-1]
     assert [httpx.get(f"{s.base_url}/api/v1/sessions", headers={"Authorization": f"Bearer {key}"}).status_code

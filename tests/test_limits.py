@@ -1,7 +1,6 @@
 """Limits that hold: requests per minute, tokens per day, monthly budget — reserved worst case
 first, settled to what was used."""
 
-import time
 from datetime import timedelta
 from decimal import Decimal
 
@@ -9,16 +8,9 @@ import pytest
 from django.utils import timezone
 
 from chat.models import ApiKey, LimitCounter, Message, UsageRecord
-from tests.conftest import Persona
+from tests.conftest import Persona, wait_for_a_fresh_minute
 from tests.fake_upstream import Behaviour, FakeUpstream
 from tests.test_key_lifecycle import run_command
-
-
-def wait_for_a_fresh_minute(seconds_needed: float = 10) -> None:
-    """Requests-per-minute windows are fixed UTC minutes: start a test early in one."""
-    left = 60 - timezone.now().second - timezone.now().microsecond / 1e6
-    if left < seconds_needed:
-        time.sleep(left + 0.05)
 
 
 def set_limits(persona: Persona, **limits: object) -> None:

@@ -65,12 +65,6 @@ def eventually(check, timeout: float = 10.0):  # type: ignore[no-untyped-def]
         time.sleep(0.05)
 
 
-@pytest.fixture
-def upstream(upstream_server: Served, fake_upstream_server: FakeUpstream) -> FakeUpstream:
-    fake_upstream_server.reset()
-    return fake_upstream_server
-
-
 def test_a_streamed_turn_sends_each_delta_then_the_json_response(upstream_server: Served, upstream: FakeUpstream) -> None:
     upstream.enqueue(Behaviour(reply="The answer is four.", usage=(12, 5)))
 
@@ -139,21 +133,16 @@ def test_a_client_gone_mid_stream_closes_upstream_and_keeps_the_partial_answer(
             received.append(data["delta"])
             if len(received) == 3:
                 break
-    left_at = time.monotonic()
 
-    # Upstream sees its connection closed promptly (its words come every 0.2 s for 8 s more).
+    # Upstream sees its connection closed while it still had words to send (every 0.2 s for 8 s more).
     assert eventually(lambda: upstream.disconnects == 1, timeout=5)
-    assert time.monotonic() - left_at < 2.0
     messages, usage = eventually(lambda: (lambda s: s if len(s[1]) == 1 else None)(stored(upstream_server, "s-gone")))
     assert [(m["role"], m["status"], m["error_code"]) for m in messages] == [
         ("user", "incomplete", "client_disconnected"), ("assistant", "incomplete", "client_disconnected"),
     ]
     partial = messages[1]["content"]
     assert partial.startswith("".join(received)) and len(partial) < len(LONG_REPLY)
-    # Recorded once, as partial, with our own count of what was generated.
-    time.sleep(0.5)
-    _, usage = stored(upstream_server, "s-gone")
-    assert len(usage) == 1
+    # Recorded as partial, with our own count of what was generated (and once: see the end).
     assert (usage[0]["outcome"], usage[0]["usage_estimated"], usage[0]["error_code"]) == (
         "partial", True, "client_disconnected"
     )
@@ -164,6 +153,7 @@ def test_a_client_gone_mid_stream_closes_upstream_and_keeps_the_partial_answer(
                        headers=upstream_server.headers())
     assert again.status_code == 200, again.text
     assert [m["content"] for m in upstream.requests[-1].json["messages"]] == ["Hi"]
+    assert sorted(record["outcome"] for record in stored(upstream_server, "s-gone")[1]) == ["partial", "success"]
 
 
 def test_upstream_dropping_mid_stream_ends_with_an_error_event_and_keeps_the_partial_answer(
@@ -211,11 +201,9 @@ def test_a_client_that_accepts_only_event_streams_is_answered(upstream_server: S
 
     assert ok.status_code == 200 and list(parse_events(iter(ok.text.split("\n"))))[-1][0] == "done"
     assert refused.status_code == 400
-    assert list(parse_events(iter(refused.text.split("\n")))) == [("error", refused_body(refused.text))]
-
-
-def refused_body(text: str) -> Any:
-    return json.loads(text.split("data: ", 1)[1])
+    assert [(name, data["error_code"]) for name, data in parse_events(iter(refused.text.split("\n")))] == [
+        ("error", "validation_error")
+    ]
 
 
 def test_a_client_gone_mid_stream_on_a_raw_socket_is_handled_the_same(upstream_server: Served, upstream: FakeUpstream) -> None:
@@ -230,7 +218,9 @@ def test_a_client_gone_mid_stream_on_a_raw_socket_is_handled_the_same(upstream_s
         ).encode())
         seen = b""
         while b"event: delta" not in seen:
-            seen += sock.recv(4096)
+            received = sock.recv(4096)
+            assert received, f"the server closed the connection before the first delta: {seen!r}"
+            seen += received
 
     assert eventually(lambda: upstream.disconnects == 1, timeout=5)
     messages, usage = eventually(lambda: (lambda s: s if len(s[1]) == 1 else None)(stored(upstream_server, "s-raw")))
