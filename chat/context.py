@@ -71,6 +71,27 @@ def memory_message(memory_facts: list[str]) -> str:
     return "Memory:\n" + "\n".join(memory_facts)
 
 
+def fixed_prompt(messages: list[dict[str, str]], *, model: str, max_tokens: int) -> Prompt:
+    """The prompt of a turn that keeps no conversation: the caller's messages as they are, checked
+    against the same budget as `build_prompt` (the model's window minus `max_tokens`).
+
+    Raises ContextTooLong when they do not fit.
+    """
+    prompt_tokens = tokens.count_prompt_tokens(messages, model=model)
+    window = context_window_for_model(model)
+    if prompt_tokens + max_tokens > window:
+        raise ContextTooLong(
+            _(
+                "The messages do not fit in the context window: they need %(needed)d tokens, but %(model)s "
+                "has %(window)d tokens of which max_tokens=%(max_tokens)d are kept for the answer. Send fewer "
+                "messages or lower max_tokens."
+            )
+            % {"needed": prompt_tokens, "model": model, "window": window, "max_tokens": max_tokens},
+            details={"needed_tokens": prompt_tokens, "context_window": window, "max_tokens": max_tokens},
+        )
+    return Prompt(messages=messages, prompt_tokens=prompt_tokens, history_used=0, history_truncated=False)
+
+
 def build_prompt(
     *,
     model: str,

@@ -31,7 +31,7 @@ from django.utils import timezone
 from django.utils.translation import gettext as _
 
 from chat import crypto, keys, limits, selectors, tokens
-from chat.context import Prompt, build_prompt, context_window_for_model
+from chat.context import Prompt, build_prompt, fixed_prompt
 from chat.models import (
     ApiKey,
     ApiKeyEvent,
@@ -44,7 +44,6 @@ from chat.models import (
 )
 from chat.providers import Completion, CompletionRequest, default_model
 from llmserver.errors import (
-    ContextTooLong,
     InvalidInput,
     ModelNotAllowed,
     ModelNotAvailable,
@@ -572,22 +571,11 @@ def stateless_turn_begin(
     """
     model = turn.model or model_default_for(api_key)
     _check_model(api_key=api_key, model=model, key_source=key_source)
-    prompt_tokens = tokens.count_prompt_tokens(turn.messages, model=model)
-    window = context_window_for_model(model)
-    if prompt_tokens + turn.max_tokens > window:
-        raise ContextTooLong(
-            _(
-                "The messages do not fit in the context window: they need %(needed)d tokens, but %(model)s "
-                "has %(window)d tokens of which max_tokens=%(max_tokens)d are kept for the answer. Send fewer "
-                "messages or lower max_tokens."
-            )
-            % {"needed": prompt_tokens, "model": model, "window": window, "max_tokens": turn.max_tokens},
-            details={"needed_tokens": prompt_tokens, "context_window": window, "max_tokens": turn.max_tokens},
-        )
+    prompt = fixed_prompt(turn.messages, model=model, max_tokens=turn.max_tokens)
     now = timezone.now()
     with transaction.atomic():
         reservations = limits.reserve(
-            api_key=api_key, model=model, prompt_tokens=prompt_tokens, max_tokens=turn.max_tokens, now=now
+            api_key=api_key, model=model, prompt_tokens=prompt.prompt_tokens, max_tokens=turn.max_tokens, now=now
         )
     return PreparedTurn(
         api_key_id=api_key.pk,
@@ -595,7 +583,7 @@ def stateless_turn_begin(
         session_id="",
         user_message_id=None,
         model=model,
-        prompt=Prompt(messages=turn.messages, prompt_tokens=prompt_tokens, history_used=0, history_truncated=False),
+        prompt=prompt,
         max_tokens=turn.max_tokens,
         temperature=turn.temperature,
         warnings=[],
