@@ -12,7 +12,7 @@ from django.db.models import QuerySet
 from django.http.response import HttpResponseBase
 from django.utils.translation import gettext as _
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.settings import api_settings
 from rest_framework.request import Request
@@ -27,6 +27,7 @@ from chat.services import ChatTurnInput
 from chat.sse import EventStreamRenderer, event_stream_response, sse_event
 from chat.upstreams import upstream_choose
 from chat.serializers import (
+    SESSION_ID_PATTERN,
     UPSTREAM_KEY_HEADER,
     ApiKeySerializer,
     ChatRequestSerializer,
@@ -45,6 +46,19 @@ from llmserver.errors import ScopeMissing, api_exception_handler
 
 def _errors(*statuses: int) -> dict[int, OpenApiResponse]:
     return {code: OpenApiResponse(ErrorSerializer, description="The one error shape.") for code in statuses}
+
+
+# The session addresses' path parameter, as chat/urls.py's converter matches it.
+SESSION_ID_IN_PATH = OpenApiParameter(
+    "session_id", {"type": "string", "pattern": SESSION_ID_PATTERN}, OpenApiParameter.PATH
+)
+
+# `page` and `page_size` of every list (the views are plain APIViews, so the schema generator
+# does not find the paginator on its own).
+PAGE_PARAMETERS = [
+    OpenApiParameter(name=p["name"], type=p["schema"], location=OpenApiParameter.QUERY, description=p["description"])
+    for p in ApiPagination().get_schema_operation_parameters(view=None)
+]
 
 
 def _page_of(name: str, item: type[serializers.Serializer]) -> serializers.Serializer:
@@ -145,6 +159,7 @@ async def _chat_events(
 class SessionListView(APIView):
     @extend_schema(
         operation_id="sessions_list",
+        parameters=PAGE_PARAMETERS,
         summary="Your sessions, newest first.",
         responses={200: _page_of("SessionPage", SessionSerializer), **_errors(401, 404)},
     )
@@ -172,6 +187,7 @@ class SessionListView(APIView):
         return Response(SessionSerializer(session).data, status=status.HTTP_201_CREATED)
 
 
+@extend_schema(parameters=[SESSION_ID_IN_PATH])
 class SessionDetailView(APIView):
     @extend_schema(operation_id="sessions_retrieve", responses={200: SessionSerializer, **_errors(401, 404)})
     def get(self, request: Request, session_id: str) -> Response:
@@ -204,9 +220,11 @@ class SessionDetailView(APIView):
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
+@extend_schema(parameters=[SESSION_ID_IN_PATH])
 class SessionMessagesView(APIView):
     @extend_schema(
         operation_id="sessions_messages_list",
+        parameters=PAGE_PARAMETERS,
         summary="The session's messages, oldest first.",
         responses={200: _page_of("MessagePage", MessageSerializer), **_errors(401, 404)},
     )
@@ -215,9 +233,11 @@ class SessionMessagesView(APIView):
         return _page(request, self, selectors.message_list(session=session), MessageSerializer)
 
 
+@extend_schema(parameters=[SESSION_ID_IN_PATH])
 class SessionUsageView(APIView):
     @extend_schema(
         operation_id="sessions_usage_list",
+        parameters=PAGE_PARAMETERS,
         summary="The session's upstream calls and their tokens, oldest first.",
         responses={200: _page_of("UsagePage", UsageRecordSerializer), **_errors(401, 403, 404)},
     )
@@ -233,6 +253,7 @@ class ApiKeyListView(APIView):
 
     @extend_schema(
         operation_id="keys_list",
+        parameters=PAGE_PARAMETERS,
         summary="All client keys, newest first (admin scope).",
         responses={200: _page_of("ApiKeyPage", ApiKeySerializer), **_errors(401, 403, 404)},
     )

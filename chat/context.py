@@ -16,7 +16,7 @@ from django.conf import settings
 from django.utils.translation import gettext as _
 
 from chat import tokens
-from llmserver.errors import ContextTooLong
+from llmserver.errors import ContextTooLong, MaxTokensTooLarge
 
 # Context windows (tokens) of well-known models, matched by longest prefix. Operators add their
 # own with LLM_CONTEXT_WINDOWS; anything unknown gets LLM_DEFAULT_CONTEXT_WINDOW.
@@ -34,14 +34,52 @@ KNOWN_CONTEXT_WINDOWS: dict[str, int] = {
 }
 
 
-def context_window_for_model(model: str) -> int:
-    """The context window of `model` in tokens: operator setting, then built-in table, then default."""
-    configured: dict[str, int] = settings.LLM_CONTEXT_WINDOWS
-    for table in (configured, KNOWN_CONTEXT_WINDOWS):
+# The most each model writes in one answer (its `max_tokens` ceiling), the same way: operators
+# add their own with LLM_MAX_OUTPUT_TOKENS; anything unknown gets LLM_DEFAULT_MAX_OUTPUT_TOKENS.
+KNOWN_MAX_OUTPUT_TOKENS: dict[str, int] = {
+    "gpt-5": 128_000,
+    "gpt-4.1": 32_768,
+    "gpt-4o": 16_384,
+    "gpt-4-turbo": 4_096,
+    "gpt-4-32k": 4_096,
+    "gpt-4": 8_192,
+    "gpt-3.5-turbo": 4_096,
+    "o1": 100_000,
+    "o3": 100_000,
+    "o4-mini": 100_000,
+}
+
+
+def _by_longest_prefix(model: str, tables: tuple[dict[str, int], ...], default: int) -> int:
+    for table in tables:
         matches = [prefix for prefix in table if model == prefix or model.startswith(prefix)]
         if matches:
             return table[max(matches, key=len)]
-    return settings.LLM_DEFAULT_CONTEXT_WINDOW
+    return default
+
+
+def context_window_for_model(model: str) -> int:
+    """The context window of `model` in tokens: operator setting, then built-in table, then default."""
+    return _by_longest_prefix(
+        model, (settings.LLM_CONTEXT_WINDOWS, KNOWN_CONTEXT_WINDOWS), settings.LLM_DEFAULT_CONTEXT_WINDOW
+    )
+
+
+def max_output_tokens_for_model(model: str) -> int:
+    """The largest `max_tokens` a turn may ask of `model`: operator setting, built-in table, default."""
+    return _by_longest_prefix(
+        model, (settings.LLM_MAX_OUTPUT_TOKENS, KNOWN_MAX_OUTPUT_TOKENS), settings.LLM_DEFAULT_MAX_OUTPUT_TOKENS
+    )
+
+
+def _check_max_tokens(*, model: str, max_tokens: int) -> None:
+    ceiling = max_output_tokens_for_model(model)
+    if max_tokens > ceiling:
+        raise MaxTokensTooLarge(
+            _("max_tokens=%(max_tokens)d is more than %(model)s writes in one answer (at most %(ceiling)d).")
+            % {"max_tokens": max_tokens, "model": model, "ceiling": ceiling},
+            details={"max_tokens": max_tokens, "max_output_tokens": ceiling, "model": model},
+        )
 
 
 @dataclass(frozen=True)
@@ -75,8 +113,9 @@ def fixed_prompt(messages: list[dict[str, str]], *, model: str, max_tokens: int)
     """The prompt of a turn that keeps no conversation: the caller's messages as they are, checked
     against the same budget as `build_prompt` (the model's window minus `max_tokens`).
 
-    Raises ContextTooLong when they do not fit.
+    Raises MaxTokensTooLarge over the model's ceiling, ContextTooLong when the messages do not fit.
     """
+    _check_max_tokens(model=model, max_tokens=max_tokens)
     prompt_tokens = tokens.count_prompt_tokens(messages, model=model)
     window = context_window_for_model(model)
     if prompt_tokens + max_tokens > window:
@@ -104,8 +143,10 @@ def build_prompt(
     """Choose the messages for one turn. `history_newest_first` is consumed lazily, only as far
     as the budget reaches, so a session's length does not change a turn's cost.
 
-    Raises ContextTooLong when the persona, memory and new message alone exceed the budget.
+    Raises MaxTokensTooLarge over the model's ceiling, ContextTooLong when the persona, memory and
+    new message alone exceed the budget.
     """
+    _check_max_tokens(model=model, max_tokens=max_tokens)
     encoding = tokens.encoding_name_for_model(model)
     window = context_window_for_model(model)
     budget = window - max_tokens

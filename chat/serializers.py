@@ -12,7 +12,9 @@ from rest_framework import serializers
 
 from chat.models import ApiKey, Message, UsageRecord
 
-SESSION_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
+# Also the path converter of the session addresses (chat/urls.py).
+SESSION_ID_CHARACTERS = r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}"
+SESSION_ID_PATTERN = rf"^{SESSION_ID_CHARACTERS}$"
 session_id_validator = RegexValidator(
     SESSION_ID_PATTERN,
     _("A session id is 1 to 128 letters, digits, '.', '_', ':' or '-', starting with a letter or digit."),

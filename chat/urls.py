@@ -1,14 +1,31 @@
-from django.urls import path
+from django.urls import path, register_converter
 
 from chat import api
+from chat.serializers import SESSION_ID_CHARACTERS
+
+
+class SessionIdConverter:
+    """Only what a session id can be reaches a view: anything else in the path (a NUL, which
+    PostgreSQL refuses, or any other character no id may contain) is a plain 404 with no query."""
+
+    regex = SESSION_ID_CHARACTERS
+
+    def to_python(self, value: str) -> str:
+        return value
+
+    def to_url(self, value: str) -> str:
+        return value
+
+
+register_converter(SessionIdConverter, "session_id")
 
 # No trailing slashes: clients of the original server call `/api/v1/chat`.
 urlpatterns = [
     path("chat", api.ChatView.as_view(), name="chat"),
     path("sessions", api.SessionListView.as_view(), name="session-list"),
-    path("sessions/<str:session_id>", api.SessionDetailView.as_view(), name="session-detail"),
-    path("sessions/<str:session_id>/messages", api.SessionMessagesView.as_view(), name="session-messages"),
-    path("sessions/<str:session_id>/usage", api.SessionUsageView.as_view(), name="session-usage"),
+    path("sessions/<session_id:session_id>", api.SessionDetailView.as_view(), name="session-detail"),
+    path("sessions/<session_id:session_id>/messages", api.SessionMessagesView.as_view(), name="session-messages"),
+    path("sessions/<session_id:session_id>/usage", api.SessionUsageView.as_view(), name="session-usage"),
     path("usage", api.UsageView.as_view(), name="usage"),
     path("keys", api.ApiKeyListView.as_view(), name="key-list"),
 ]

@@ -56,6 +56,19 @@ class InvalidInput(ApiError):
     default_message = _("The request is invalid.")
 
 
+class UnstorableText(ApiError):
+    """Text no database column can hold: a NUL character (PostgreSQL refuses it) or half of a
+    UTF-16 surrogate pair (not Unicode, so it cannot be encoded as UTF-8)."""
+
+    error_code = "invalid_text"
+    default_message = _("The request contains text that cannot be stored: a NUL character or invalid Unicode.")
+
+
+class MaxTokensTooLarge(ApiError):
+    error_code = "max_tokens_too_large"
+    default_message = _("max_tokens is larger than this model can write in one answer.")
+
+
 class ContextTooLong(ApiError):
     error_code = "context_too_long"
     default_message = _("The message is too long for the model's context window.")

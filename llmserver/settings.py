@@ -241,17 +241,26 @@ OPENAI_BASE_URL = env.str("OPENAI_BASE_URL", default="")
 LLM_DEFAULT_MODEL = env.str("LLM_DEFAULT_MODEL", default="")
 LLM_TIMEOUT_SECONDS = env.float("LLM_TIMEOUT_SECONDS", default=60.0)
 LLM_MAX_RETRIES = env.int("LLM_MAX_RETRIES", default=2)
+
+
+def _tokens_by_model_prefix(name: str) -> dict[str, int]:
+    try:
+        return env.dict(name, cast={"value": int}, default={})
+    except ValueError:
+        raise ImproperlyConfigured(
+            f"{name} must be model=tokens pairs separated by semicolons, for example `llama3=8192;qwen2.5=32768`."
+        ) from None
+
+
 # Context windows for models the built-in table does not know (local models, new releases),
 # by name prefix: `LLM_CONTEXT_WINDOWS=llama3=8192;qwen2.5=32768` (django-environ separates
 # typed dict entries with semicolons); the default covers everything else.
-try:
-    LLM_CONTEXT_WINDOWS = env.dict("LLM_CONTEXT_WINDOWS", cast={"value": int}, default={})
-except ValueError:
-    raise ImproperlyConfigured(
-        "LLM_CONTEXT_WINDOWS must be model=tokens pairs separated by semicolons, for example "
-        "`llama3=8192;qwen2.5=32768`."
-    ) from None
+LLM_CONTEXT_WINDOWS = _tokens_by_model_prefix("LLM_CONTEXT_WINDOWS")
 LLM_DEFAULT_CONTEXT_WINDOW = env.int("LLM_DEFAULT_CONTEXT_WINDOW", default=8192)
+# The most a turn may ask a model to write (`max_tokens`), the same way: operator table, built-in
+# table (chat/context.py), default. A larger request is refused before it costs anything.
+LLM_MAX_OUTPUT_TOKENS = _tokens_by_model_prefix("LLM_MAX_OUTPUT_TOKENS")
+LLM_DEFAULT_MAX_OUTPUT_TOKENS = env.int("LLM_DEFAULT_MAX_OUTPUT_TOKENS", default=4096)
 # free_mode checks a caller's own upstream key with one cheap call and remembers the verdict this
 # long, under a keyed hash of the key (never the key itself).
 BYOK_VERDICT_CACHE_SECONDS = env.int("BYOK_VERDICT_CACHE_SECONDS", default=300)
@@ -274,7 +283,7 @@ REST_FRAMEWORK = {
         "rest_framework.renderers.JSONRenderer",
         "rest_framework.renderers.BrowsableAPIRenderer",
     ],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["llmserver.parsers.StorableJSONParser"],
     "EXCEPTION_HANDLER": "llmserver.errors.api_exception_handler",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
 }
