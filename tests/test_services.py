@@ -194,12 +194,12 @@ def test_a_failure_after_upstream_answered_records_the_tokens_spent(alice: Perso
 def test_upstream_retries_are_cut_at_the_turns_deadline(
     alice: Persona, fake_upstream: FakeUpstream, settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The SDK would wait out a 60-second Retry-After before retrying; the turn ends at its
-    deadline instead, well inside the session's lease."""
+    """A retry waits out upstream's Retry-After (5 s here); the turn ends at its deadline instead
+    (1.5 s here), well inside the session's lease."""
     settings.LLM_TIMEOUT_SECONDS = 0.5
     settings.LLM_MAX_RETRIES = 1
     monkeypatch.setattr(services, "RETRY_WAIT_ALLOWANCE_SECONDS", 0.5)
-    fake_upstream.enqueue(Behaviour(status=429, headers={"retry-after": "60"}))
+    fake_upstream.enqueue(Behaviour(status=429, headers={"retry-after": "5"}))
 
     with pytest.raises(UpstreamTimeout):
         run_turn(alice, user_message="Hi", session_id="s")

@@ -6,11 +6,20 @@ Two measured costs shape this module:
   plain JSON-ready dicts, so it goes through the SDK's documented low-level `client.post`, which
   sends it as it is while keeping the SDK's timeouts, bounded retries and error classes;
 - building pydantic models for the response is skipped the same way: we read the raw JSON.
+
+Retries are ours, not the SDK's (its client is built with max_retries=0): the SDK also retries
+after a read timeout and after a connection that broke while the answer was arriving, and then
+upstream may well have written (and billed) an answer already; asking again would pay for it
+twice and hold the worker for several timeouts. We ask again only when upstream certainly wrote
+no answer: it answered with a retryable error status, or the connection failed before the request
+reached it. Never once a byte of a stream was read (that happens after `post` returns).
 """
 
 import asyncio
 import hashlib
 import json
+import logging
+import random
 import weakref
 from collections.abc import AsyncIterator
 from typing import Any
@@ -35,6 +44,8 @@ from llmserver.errors import (
     UpstreamUnavailable,
 )
 
+logger = logging.getLogger(__name__)
+
 # An httpx client (and its connection pool) belongs to the event loop that created it, so
 # clients are kept per loop; under uvicorn there is one loop per worker process.
 _clients: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[Any, ...], openai.AsyncOpenAI]]" = (
@@ -46,6 +57,40 @@ MAX_CONNECT_TIMEOUT_SECONDS = 10.0
 MAX_MODEL_NAME_LENGTH = 200
 # Usage numbers at or above this are not believed (they would overflow the token columns).
 MAX_REPORTED_TOKENS = 2**31 - 1
+
+
+# Statuses after which asking again is safe: upstream answered with an error, not with an answer.
+RETRYABLE_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
+# The wait before retry n is FIRST_RETRY_WAIT_SECONDS * 2**n, at most MAX_RETRY_WAIT_SECONDS, less
+# up to a quarter at random (the SDK's own curve), or upstream's Retry-After when it sends one. A
+# longer Retry-After is not waited out by a worker: the client gets the 429 and the wait instead.
+FIRST_RETRY_WAIT_SECONDS = 0.5
+MAX_RETRY_WAIT_SECONDS = 8.0
+# Failures of the connection before the request was sent.
+_NOTHING_SENT = (httpx2.ConnectError, httpx2.ConnectTimeout, httpx2.PoolTimeout)
+
+
+def _retry_after_seconds(exc: openai.APIStatusError) -> float | None:
+    retry_after = exc.response.headers.get("retry-after")
+    try:
+        seconds = float(retry_after) if retry_after else None
+    except ValueError:
+        return None
+    return seconds if seconds is not None and 0 <= seconds < float("inf") else None
+
+
+def retry_wait_seconds(exc: openai.OpenAIError, *, attempt: int) -> float | None:
+    """How long to wait before asking again after `exc` on attempt `attempt` (0 first), or None
+    when asking again is not safe or not worth a worker's wait."""
+    if isinstance(exc, openai.APIStatusError):
+        if exc.status_code not in RETRYABLE_STATUSES:
+            return None
+        retry_after = _retry_after_seconds(exc)
+        if retry_after is not None:
+            return retry_after if retry_after <= MAX_RETRY_WAIT_SECONDS else None
+    elif not (isinstance(exc, openai.APIConnectionError) and isinstance(exc.__cause__, _NOTHING_SENT)):
+        return None
+    return min(FIRST_RETRY_WAIT_SECONDS * 2**attempt, MAX_RETRY_WAIT_SECONDS) * (1 - 0.25 * random.random())
 
 
 # Whose key a provider holds, for the sentence when upstream rejects it.
@@ -72,12 +117,7 @@ def upstream_error_from(exc: Exception, *, key_origin: str = KEY_FROM_SERVER) ->
         if isinstance(exc, (openai.AuthenticationError, openai.PermissionDeniedError)):
             return UpstreamAuthFailed(_REJECTED_KEY_MESSAGES.get(key_origin), details=details)
         if isinstance(exc, openai.RateLimitError):
-            retry_after = exc.response.headers.get("retry-after")
-            try:
-                seconds = float(retry_after) if retry_after else None
-            except ValueError:
-                seconds = None
-            return UpstreamRateLimited(details=details, retry_after=seconds or 1)
+            return UpstreamRateLimited(details=details, retry_after=_retry_after_seconds(exc) or 1)
         if 400 <= exc.status_code < 500:
             return UpstreamRejectedRequest(details=details)
         return UpstreamError(details=details)
@@ -107,7 +147,7 @@ class OpenAICompatibleProvider:
         light copy of the shared client (same pool) that lives for this request only."""
         per_loop = _clients.setdefault(asyncio.get_running_loop(), {})
         key_fingerprint = None if self._user_provided_key else hashlib.sha256(self._api_key.encode()).hexdigest()
-        config = (key_fingerprint, self._base_url, self._timeout_seconds, self._max_retries)
+        config = (key_fingerprint, self._base_url, self._timeout_seconds)
         client = per_loop.get(config)
         if client is None:
             client = openai.AsyncOpenAI(
@@ -116,12 +156,28 @@ class OpenAICompatibleProvider:
                 timeout=openai.Timeout(
                     self._timeout_seconds, connect=min(self._timeout_seconds, MAX_CONNECT_TIMEOUT_SECONDS)
                 ),
-                max_retries=self._max_retries,
+                max_retries=0,
             )
             per_loop[config] = client
         if self._user_provided_key:
             return client.with_options(api_key=self._api_key)
         return client
+
+    async def _post(self, **kwargs: Any) -> Any:
+        """`client.post("/chat/completions", ...)`, asked again up to max_retries times where that is
+        safe (see the module's docstring)."""
+        client = self._client()
+        for attempt in range(self._max_retries + 1):
+            try:
+                return await client.post("/chat/completions", **kwargs)
+            except openai.OpenAIError as exc:
+                wait = retry_wait_seconds(exc, attempt=attempt) if attempt < self._max_retries else None
+                if wait is None:
+                    raise
+                logger.info("upstream retry %d of %d in %.2f s after %s", attempt + 1, self._max_retries, wait,
+                            type(exc).__name__)
+                await asyncio.sleep(wait)
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
     def _error(self, exc: Exception) -> UpstreamError:
         return upstream_error_from(exc, key_origin=self._key_origin)
@@ -130,7 +186,7 @@ class OpenAICompatibleProvider:
         """One cheap call (list models) to check the key: True if upstream accepts it, False if it
         rejects it, None if that could not be told (upstream down, timed out, …)."""
         try:
-            await self._client().get("/models", cast_to=httpx2.Response, options={"max_retries": 0})
+            await self._client().get("/models", cast_to=httpx2.Response)
         except (openai.AuthenticationError, openai.PermissionDeniedError):
             return False
         except openai.OpenAIError:
@@ -149,9 +205,7 @@ class OpenAICompatibleProvider:
 
     async def complete(self, request: CompletionRequest) -> Completion:
         try:
-            response = await self._client().post(
-                "/chat/completions", cast_to=httpx2.Response, body=self._body(request), options=_request_options()
-            )
+            response = await self._post(cast_to=httpx2.Response, body=self._body(request), options=_request_options())
             data = response.json()
         except openai.OpenAIError as exc:
             raise self._error(exc) from exc
@@ -178,8 +232,7 @@ class OpenAICompatibleProvider:
         model = request.model
         finish_reason = None
         try:
-            stream = await self._client().post(
-                "/chat/completions",
+            stream = await self._post(
                 cast_to=ChatCompletionChunk,
                 body=body,
                 stream=True,
