@@ -19,13 +19,13 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from chat import selectors, services, turns
+from chat import idempotency, selectors, services, turns
 from chat.models import ApiKey
 from chat.pagination import ApiPagination
 from chat.providers import StreamDelta
 from chat.services import ChatTurnInput
 from chat.sse import EventStreamRenderer, event_stream_response, sse_event
-from chat.upstreams import upstream_choose
+from chat.upstreams import UpstreamChoice, upstream_choose
 from chat.serializers import (
     SESSION_ID_PATTERN,
     UPSTREAM_KEY_HEADER,
@@ -41,7 +41,7 @@ from chat.serializers import (
     UsageRecordSerializer,
     UsageReportSerializer,
 )
-from llmserver.errors import ScopeMissing, api_exception_handler
+from llmserver.errors import ScopeMissing, UpstreamError, api_exception_handler
 
 
 def _errors(*statuses: int) -> dict[int, OpenApiResponse]:
@@ -93,26 +93,48 @@ class ChatView(AsyncAPIView):
             '(`{"delta": "..."}`), then one `done` event carrying this JSON response, or one `error` '
             "event in the error shape if the turn fails after the stream started (the partial answer "
             "is then stored, marked incomplete). Failures before the first delta are ordinary error "
-            "responses with their status codes."
+            "responses with their status codes.\n\n"
+            "With an `Idempotency-Key` header, sending the same request again (same key, same body) "
+            "replays the stored response with `Idempotent-Replayed: true` instead of running a second "
+            "turn; the same key with another body is refused with 422. Keys are kept for 24 hours."
         ),
+        parameters=[
+            OpenApiParameter(
+                idempotency.IDEMPOTENCY_KEY_HEADER, str, OpenApiParameter.HEADER,
+                description="Up to 255 printable ASCII characters, unique per request (a UUID, say).",
+            ),
+        ],
         request=ChatRequestSerializer,
         responses={
             (200, "application/json"): ChatResponseSerializer,
             (200, "text/event-stream"): OpenApiResponse(
                 OpenApiTypes.STR, description="With stream: true, server-sent events."
             ),
-            **_errors(400, 401, 409, 413, 429, 502, 503, 504),
+            **_errors(400, 401, 403, 409, 413, 422, 429, 502, 503, 504),
         },
     )
     async def post(self, request: Request) -> HttpResponseBase:
+        idempotency_key = idempotency.idempotency_key_from(request.headers)
         serializer = ChatRequestSerializer(
             data=request.data, context={"upstream_key_header": request.headers.get(UPSTREAM_KEY_HEADER, "")}
         )
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
-        upstream = await upstream_choose(
-            api_key=request.auth, user_key=data["upstream_key"], free_mode=data["free_mode"]
-        )
+        claim = None
+        if idempotency_key is not None:
+            claim = await idempotency.idempotency_begin(
+                api_key=request.auth, key=idempotency_key, body_hash=idempotency.request_hash(request.data)
+            )
+            if isinstance(claim, idempotency.StoredResponse):
+                return _replayed(claim, stream=data["stream"])
+        try:
+            upstream = await upstream_choose(
+                api_key=request.auth, user_key=data["upstream_key"], free_mode=data["free_mode"]
+            )
+        except BaseException:
+            if claim:
+                await idempotency.idempotency_end(claim=claim, response=None)
+            raise
         turn = ChatTurnInput(
             user_message=data["user_message"],
             session_id=data["session_id"],
@@ -124,12 +146,16 @@ class ChatView(AsyncAPIView):
             conversation_history=data["conversation_history"],
         )
         if not data["stream"]:
-            result = await turns.chat_turn_run(api_key=request.auth, upstream=upstream, turn=turn)
-            return Response(_chat_response(result))
+            return await _chat_answered(request.auth, upstream, turn, claim)
         pieces = turns.chat_turn_stream(api_key=request.auth, upstream=upstream, turn=turn)
         # Up to the first piece, a failure is an ordinary error response with its status code.
-        first = await anext(pieces)
-        return event_stream_response(_chat_events(first, pieces))
+        try:
+            first = await anext(pieces)
+        except BaseException as exc:
+            if claim:
+                await idempotency.idempotency_end(claim=claim, response=_stored_error(exc))
+            raise
+        return event_stream_response(_chat_events(first, pieces, claim))
 
 
 def _chat_response(result: turns.ChatTurnResult) -> dict:
@@ -138,22 +164,66 @@ def _chat_response(result: turns.ChatTurnResult) -> dict:
     return {"success": True, **dataclasses.asdict(result), "error_message": None}
 
 
+def _stored_error(exc: BaseException) -> idempotency.StoredResponse | None:
+    """What an Idempotency-Key keeps of a failed turn: upstream's failure (the turn reached the
+    model), or nothing (it was refused before, or the client left), which frees the key."""
+    if not isinstance(exc, UpstreamError):
+        return None
+    response = api_exception_handler(exc, {"where": "a chat"})
+    return idempotency.StoredResponse(status=response.status_code, body=response.data)
+
+
+async def _chat_answered(
+    api_key: ApiKey, upstream: UpstreamChoice, turn: ChatTurnInput, claim: idempotency.Claim | None
+) -> Response:
+    try:
+        result = await turns.chat_turn_run(api_key=api_key, upstream=upstream, turn=turn)
+    except BaseException as exc:
+        if claim:
+            await idempotency.idempotency_end(claim=claim, response=_stored_error(exc))
+        raise
+    body = _chat_response(result)
+    if claim:
+        await idempotency.idempotency_end(claim=claim, response=idempotency.StoredResponse(status=200, body=body))
+    return Response(body)
+
+
+def _replayed(stored: idempotency.StoredResponse, *, stream: bool) -> HttpResponseBase:
+    """The stored response again. A streamed answer comes back as one `delta` with the whole text."""
+    headers = {idempotency.REPLAYED_HEADER: "true"}
+    if not stream or stored.status != 200:
+        return Response(stored.body, status=stored.status, headers=headers)
+
+    async def events() -> AsyncIterator[bytes]:
+        yield sse_event({"delta": stored.body["response_text"]}, event="delta")
+        yield sse_event(stored.body, event="done")
+
+    return event_stream_response(events(), headers=headers)
+
+
 async def _chat_events(
-    first: StreamDelta | turns.ChatTurnResult, pieces: AsyncIterator[StreamDelta | turns.ChatTurnResult]
+    first: StreamDelta | turns.ChatTurnResult, pieces: AsyncIterator[StreamDelta | turns.ChatTurnResult],
+    claim: idempotency.Claim | None = None,
 ) -> AsyncIterator[bytes]:
     """The turn as server-sent events: `delta`s, then `done` (the JSON response) or `error`."""
     piece = first
+    stored = None
     try:
         while isinstance(piece, StreamDelta):
             yield sse_event({"delta": piece.text}, event="delta")
             piece = await anext(pieces)
-        yield sse_event(_chat_response(piece), event="done")
+        body = _chat_response(piece)
+        stored = idempotency.StoredResponse(status=200, body=body)
+        yield sse_event(body, event="done")
     except Exception as exc:
         # The same mapping (and logging of bugs) as an error before the stream started.
+        stored = _stored_error(exc)
         yield sse_event(api_exception_handler(exc, {"where": "a streamed chat"}).data, event="error")
     finally:
         # Ends the turn now if the client went away mid-stream (stores what was generated).
         await pieces.aclose()
+        if claim:
+            await idempotency.idempotency_end(claim=claim, response=stored)
 
 
 class SessionListView(APIView):

@@ -55,7 +55,7 @@ class ChatTurnResult:
     finish_reason: str | None
 
 
-def _in_thread(step: Callable[..., T]) -> Callable[..., Awaitable[T]]:
+def in_thread(step: Callable[..., T]) -> Callable[..., Awaitable[T]]:
     """`step` run in the request's thread, its database connection handed back (to the pool)
     as soon as it returns: a turn holds no connection while it waits on upstream, which may
     take minutes. Without this, every turn in flight kept one, and a pool of 10 stalled the
@@ -88,7 +88,7 @@ async def _begin(*, api_key: ApiKey, upstream: UpstreamChoice, turn: ChatTurnInp
     """Step 1 in a thread. If the client goes away meanwhile, the write goes on regardless: wait
     for it, then end the turn so that the session is not left locked."""
     step = services.chat_turn_begin if isinstance(turn, ChatTurnInput) else services.stateless_turn_begin
-    begin = asyncio.ensure_future(_in_thread(step)(api_key=api_key, turn=turn, key_source=upstream.key_source))
+    begin = asyncio.ensure_future(in_thread(step)(api_key=api_key, turn=turn, key_source=upstream.key_source))
     try:
         prepared = await asyncio.shield(begin)
     except asyncio.CancelledError:
@@ -96,7 +96,7 @@ async def _begin(*, api_key: ApiKey, upstream: UpstreamChoice, turn: ChatTurnInp
             prepared = await begin
         except ApiError:
             raise asyncio.CancelledError from None
-        await _in_thread(services.chat_turn_fail)(turn=prepared, error_code=CLIENT_DISCONNECTED, latency_ms=0)
+        await in_thread(services.chat_turn_fail)(turn=prepared, error_code=CLIENT_DISCONNECTED, latency_ms=0)
         raise
     logger.info(
         "chat start session=%s key=%s model=%s key_source=%s history_messages=%d prompt_tokens=%d",
@@ -126,7 +126,7 @@ async def _end_failed(
     error_code = _error_code_of(exc)
     _observe_upstream(upstream=upstream, outcome="failed", latency_ms=latency_ms, error_code=error_code)
     await asyncio.shield(
-        _in_thread(services.chat_turn_fail)(turn=prepared, error_code=error_code, latency_ms=latency_ms)
+        in_thread(services.chat_turn_fail)(turn=prepared, error_code=error_code, latency_ms=latency_ms)
     )
     logger.warning("chat failed session=%s error=%s latency_ms=%d", prepared.session_id or "-", error_code, latency_ms)
     _name_turn_in(exc, prepared)
@@ -147,7 +147,7 @@ async def _end_answered(
     )
     try:
         return await asyncio.shield(
-            _in_thread(services.chat_turn_complete)(
+            in_thread(services.chat_turn_complete)(
                 turn=prepared, completion=completion, latency_ms=latency_ms, cut_short_by=cut_short_by
             )
         )
@@ -155,7 +155,7 @@ async def _end_answered(
         raise
     except Exception:
         await asyncio.shield(
-            _in_thread(services.chat_turn_fail)(
+            in_thread(services.chat_turn_fail)(
                 turn=prepared, error_code=INTERNAL_ERROR, latency_ms=latency_ms, completion=completion
             )
         )

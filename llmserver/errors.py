@@ -142,6 +142,20 @@ class SessionBusy(ApiError):
     )
 
 
+class IdempotencyKeyReused(ApiError):
+    status_code = status.HTTP_422_UNPROCESSABLE_ENTITY
+    error_code = "idempotency_key_reused"
+    default_message = _(
+        "This Idempotency-Key was already used with a different request body; use a new key for a new request."
+    )
+
+
+class IdempotencyKeyInUse(ApiError):
+    status_code = status.HTTP_409_CONFLICT
+    error_code = "idempotency_key_in_use"
+    default_message = _("A request with this Idempotency-Key is still being answered; try again when it has finished.")
+
+
 class UpstreamError(ApiError):
     """The upstream model provider failed; subclasses say how."""
 
