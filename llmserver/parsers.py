@@ -35,6 +35,14 @@ def unstorable_text_at(value: Any, path: str = "") -> str | None:
     return None
 
 
+def storable(text: str) -> str:
+    """`text` with what cannot be stored replaced: NUL by U+FFFD, a lone surrogate by '?'. For
+    text the server did not get from its client (a model's answer), which must not fail a turn."""
+    if _is_storable(text):
+        return text
+    return text.replace("\x00", "\ufffd").encode("utf-8", "replace").decode("utf-8")
+
+
 def _is_storable(text: str) -> bool:
     if "\x00" in text:
         return False

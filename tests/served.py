@@ -172,3 +172,12 @@ def offline_server(serve) -> Served:
 @pytest.fixture(scope="module")
 def upstream_server(serve, fake_upstream_server: FakeUpstream) -> Served:
     return serve(OPENAI_BASE_URL=fake_upstream_server.base_url, OPENAI_API_KEY=UPSTREAM_TEST_KEY)
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def database_env(request: pytest.FixtureRequest) -> dict[str, str]:
+    """The served server's database, for tests that must hold on both: a SQLite file, then a fresh
+    PostgreSQL database (skipped where PostgreSQL is not running)."""
+    if request.param == "postgresql":
+        return {"DATABASE_URL": request.getfixturevalue("postgres_url")}
+    return {}

@@ -122,10 +122,9 @@ def test_an_unusable_key_is_a_400(alice: Persona, key: str) -> None:
 # --- Over real HTTP ---------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def served(request: pytest.FixtureRequest, serve, fake_upstream_server: FakeUpstream) -> Served:
-    database = {"DATABASE_URL": request.getfixturevalue("postgres_url")} if request.param == "postgresql" else {}
-    return serve(OPENAI_BASE_URL=fake_upstream_server.base_url, OPENAI_API_KEY=UPSTREAM_TEST_KEY, **database)
+@pytest.fixture(scope="module")
+def served(serve, database_env: dict[str, str], fake_upstream_server: FakeUpstream) -> Served:
+    return serve(OPENAI_BASE_URL=fake_upstream_server.base_url, OPENAI_API_KEY=UPSTREAM_TEST_KEY, **database_env)
 
 
 def test_ten_requests_at_once_with_one_key_make_one_turn_and_get_one_answer(

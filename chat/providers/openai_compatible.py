@@ -31,6 +31,7 @@ from openai.types.chat import ChatCompletionChunk
 
 from chat import tokens
 from chat.providers.base import Completion, CompletionRequest, StreamDelta
+from llmserver.parsers import storable
 from monitoring.logs import NO_REQUEST, current_request_id
 from monitoring.request_id import REQUEST_ID_HEADER
 from llmserver.errors import (
@@ -111,7 +112,13 @@ def upstream_error_from(exc: Exception, *, key_origin: str = KEY_FROM_SERVER) ->
     if isinstance(exc, openai.APITimeoutError):
         return UpstreamTimeout()
     if isinstance(exc, openai.APIConnectionError):
-        return UpstreamUnavailable()
+        if isinstance(exc.__cause__, _NOTHING_SENT):
+            return UpstreamUnavailable()
+        # Upstream got the request and the connection broke before its answer was whole.
+        return UpstreamInterrupted(_(
+            "The model provider's connection broke off before its answer arrived; the message was kept and can "
+            "be retried."
+        ))
     if isinstance(exc, openai.APIStatusError):
         details = {"upstream_status": exc.status_code}
         if isinstance(exc, (openai.AuthenticationError, openai.PermissionDeniedError)):
@@ -221,7 +228,7 @@ class OpenAICompatibleProvider:
         if not isinstance(text, str) or not isinstance(finish_reason, (str, type(None))):
             raise UpstreamBadResponse(_("The model provider's answer has no message in it."))
         return _with_usage(
-            request, text=text, model=_model_name(data.get("model"), request), usage=data.get("usage"),
+            request, text=storable(text), model=_model_name(data.get("model"), request), usage=data.get("usage"),
             finish_reason=finish_reason,
         )
 
@@ -247,8 +254,9 @@ class OpenAICompatibleProvider:
                     for choice in chunk.choices:
                         finish_reason = choice.finish_reason or finish_reason
                         if choice.delta.content:
-                            parts.append(choice.delta.content)
-                            yield StreamDelta(text=choice.delta.content, model=model)
+                            text = storable(choice.delta.content)
+                            parts.append(text)
+                            yield StreamDelta(text=text, model=model)
         except openai.APIConnectionError as exc:
             # Once chunks have arrived, a broken connection is an answer cut off, not an upstream down.
             raise (UpstreamInterrupted() if parts else self._error(exc)) from exc
