@@ -231,7 +231,7 @@ class SessionListView(APIView):
         operation_id="sessions_list",
         parameters=PAGE_PARAMETERS,
         summary="Your sessions, newest first.",
-        responses={200: _page_of("SessionPage", SessionSerializer), **_errors(401, 404)},
+        responses={200: _page_of("SessionPage", SessionSerializer), **_errors(400, 401, 404)},
     )
     def get(self, request: Request) -> Response:
         return _page(request, self, selectors.session_list(api_key=request.auth), SessionSerializer)
@@ -296,7 +296,7 @@ class SessionMessagesView(APIView):
         operation_id="sessions_messages_list",
         parameters=PAGE_PARAMETERS,
         summary="The session's messages, oldest first.",
-        responses={200: _page_of("MessagePage", MessageSerializer), **_errors(401, 404)},
+        responses={200: _page_of("MessagePage", MessageSerializer), **_errors(400, 401, 404)},
     )
     def get(self, request: Request, session_id: str) -> Response:
         session = selectors.session_get(api_key=request.auth, public_id=session_id)
@@ -309,7 +309,7 @@ class SessionUsageView(APIView):
         operation_id="sessions_usage_list",
         parameters=PAGE_PARAMETERS,
         summary="The session's upstream calls and their tokens, oldest first.",
-        responses={200: _page_of("UsagePage", UsageRecordSerializer), **_errors(401, 403, 404)},
+        responses={200: _page_of("UsagePage", UsageRecordSerializer), **_errors(400, 401, 403, 404)},
     )
     def get(self, request: Request, session_id: str) -> Response:
         session = selectors.session_get(api_key=request.auth, public_id=session_id)
@@ -325,7 +325,7 @@ class ApiKeyListView(APIView):
         operation_id="keys_list",
         parameters=PAGE_PARAMETERS,
         summary="All client keys, newest first (admin scope).",
-        responses={200: _page_of("ApiKeyPage", ApiKeySerializer), **_errors(401, 403, 404)},
+        responses={200: _page_of("ApiKeyPage", ApiKeySerializer), **_errors(400, 401, 403, 404)},
     )
     def get(self, request: Request) -> Response:
         return _page(request, self, selectors.api_key_list(), ApiKeySerializer)

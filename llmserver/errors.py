@@ -24,6 +24,7 @@ from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.utils.encoding import force_str
 from django.utils.translation import gettext_lazy as _
 from django.views import defaults
+from django.views.decorators.csrf import csrf_exempt
 from rest_framework import exceptions as drf_exceptions
 from rest_framework import status
 from rest_framework.response import Response
@@ -377,6 +378,9 @@ def _api_error_response(request: HttpRequest, *, status_code: int, error_code: s
     return None
 
 
+# Exempt: the API's clients send no CSRF token, and a DELETE to an address that does not exist
+# must be a 404 in the error shape, not Django's HTML page about a missing CSRF cookie.
+@csrf_exempt
 def not_found(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
     """handler404: the API's error shape for API addresses no view matched, Django's page elsewhere."""
     return _api_error_response(

@@ -285,6 +285,7 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PARSER_CLASSES": ["llmserver.parsers.StorableJSONParser"],
     "EXCEPTION_HANDLER": "llmserver.errors.api_exception_handler",
+    "DEFAULT_CONTENT_NEGOTIATION_CLASS": "llmserver.negotiation.ContentNegotiation",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
 }
 
@@ -301,6 +302,10 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "chat.schema.document_common_answers",
+    ],
 }
 
 # --- Monitoring -----------------------------------------------------------------------------

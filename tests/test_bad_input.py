@@ -171,3 +171,14 @@ def test_an_operator_sets_the_ceiling_of_a_model_by_prefix(alice: Persona, setti
 
     assert_refused(refused, 400, "max_tokens_too_large")
     assert answered.status_code == 200
+
+
+def test_a_delete_to_a_session_address_no_id_can_have_is_a_json_404_not_a_csrf_page(alice: Persona) -> None:
+    # The API's clients send no CSRF token; the catch-all 404 must not ask for one.
+    alice.client.enforce_csrf_checks = True
+    assert_refused(alice.client.delete("/api/v1/sessions/a%20b"), 404, "not_found")
+    assert_refused(alice.client.post("/api/v1/nowhere"), 404, "not_found")
+
+
+def test_an_unknown_format_is_a_406_not_a_404(alice: Persona) -> None:
+    assert_refused(alice.client.get("/api/v1/sessions?format=xml"), 406, "not_acceptable")
