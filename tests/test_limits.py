@@ -70,9 +70,10 @@ def test_a_monthly_budget_counts_cost_and_settles_it(alice: Persona, fake_upstre
     set_limits(alice, monthly_budget_usd=Decimal("0.01"))
     fake_upstream.enqueue(Behaviour(usage=(1000, 1000)))
 
-    # gpt-4o-mini: 16,000 completion tokens at $0.60 per million is $0.0096 of worst case.
-    response = chat(alice, max_tokens=16_000)
-    second = chat(alice, max_tokens=17_000)
+    # gpt-4o-mini: 15,000 completion tokens at $0.60 per million is $0.009 of worst case; after
+    # the first call's $0.00075, 16,384 (the model's most, $0.0098) would pass the budget.
+    response = chat(alice, max_tokens=15_000)
+    second = chat(alice, max_tokens=16_384)
 
     assert response.status_code == 200
     assert used("monthly_budget") == UsageRecord.objects.get().cost == Decimal("0.00075000")

@@ -192,7 +192,7 @@ def test_metrics_count_requests_by_route_upstream_calls_and_tokens(
         return metric(text, name, **labels) - metric(before, name, **labels)
 
     assert grew("llmserver_http_requests_total", route="/api/v1/chat", method="POST", status="200") == 1
-    assert grew("llmserver_http_requests_total", route="/api/v1/sessions/<str:session_id>", status="200") == 1
+    assert grew("llmserver_http_requests_total", route="/api/v1/sessions/<session_id:session_id>", status="200") == 1
     assert grew("llmserver_upstream_request_duration_seconds_count", provider="openai", outcome="success") == 1
     assert grew("llmserver_tokens_total", model="gpt-4o-mini", kind="completion") > 0
 
