@@ -14,7 +14,7 @@ CHROMIUM := $(shell command -v chromium || echo /usr/bin/chromium)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 BROWSER := $(if $(or $(CHROMIUM_PATH),$(filter 1,$(SKIP_BROWSER_TESTS))),,$(CHROMIUM))
 
-.PHONY: setup migrate run test test-postgres check bench clean
+.PHONY: setup migrate run test test-postgres check bench soak clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -57,6 +57,10 @@ check: $(DEV_STAMP)
 # Throughput, added latency, 1,000 streams at once, history growth: prints figures (bench/chat_throughput.py).
 bench: $(RUNTIME_STAMP)
 	$(PY) bench/chat_throughput.py $(BENCH_ARGS)
+
+# 200 clients for 2 minutes against an upstream failing 5% of calls; exits 1 when a check fails (bench/soak.py).
+soak: $(RUNTIME_STAMP)
+	$(PY) bench/soak.py $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

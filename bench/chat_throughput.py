@@ -230,9 +230,10 @@ class MemoryWatch:
         self._thread.join()
 
 
-def start_fake_upstream(latency_ms: float) -> tuple[subprocess.Popen, str, int]:
+def start_fake_upstream(latency_ms: float, *options: str) -> tuple[subprocess.Popen, str, int]:
+    """`options`: more of its command-line options (`python -m tests.fake_upstream --help`)."""
     process = subprocess.Popen(
-        [PYTHON, "-m", "tests.fake_upstream", "--port", "0", "--latency-ms", str(latency_ms)],
+        [PYTHON, "-m", "tests.fake_upstream", "--port", "0", "--latency-ms", str(latency_ms), *options],
         cwd=PROJECT_DIR, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )
     line = process.stdout.readline()  # type: ignore[union-attr]
@@ -278,6 +279,33 @@ def redis_reachable() -> bool:
         return bool(redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1).ping())
     except Exception:  # noqa: BLE001
         return False
+
+
+def server_env(
+    *, database_url: str, database: str, upstream_url: str, workers: int, workdir: Path
+) -> tuple[dict[str, str], str]:
+    """The server's environment in its production configuration, with Redis as its cache when it
+    runs on PostgreSQL and Redis answers; and that cache's name."""
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "LLM_", "LIMIT_", "DATABASE", "REDIS", "CACHE"))},
+        "DJANGO_ENV": "production",
+        "SECRET_KEY": secrets.token_urlsafe(50),
+        "ALLOWED_HOSTS": "127.0.0.1,localhost",
+        "FIELD_ENCRYPTION_KEYS": __import__("cryptography.fernet", fromlist=["Fernet"]).Fernet.generate_key().decode(),
+        "DATABASE_URL": database_url,
+        "LOG_FILE": str(workdir / "app.log"),
+        "WEB_CONCURRENCY": str(workers),
+        "OPENAI_BASE_URL": upstream_url,
+        "OPENAI_API_KEY": "sk-bench",
+        "LLM_DEFAULT_MODEL": MODEL,
+        "ACCESS_LOG": "false",
+        # Plain HTTP on loopback: production would otherwise redirect every request to HTTPS.
+        "SECURE_SSL_REDIRECT": "false",
+    }
+    if database == "PostgreSQL" and redis_reachable():
+        env["REDIS_URL"] = REDIS_URL
+        return env, "Redis"
+    return env, "local memory"
 
 
 def manage(env: dict[str, str], *args: str) -> str:
@@ -375,26 +403,8 @@ async def bench(args: argparse.Namespace, workdir: Path) -> None:
     fast_upstream, fast_url, fast_port = start_fake_upstream(0)
     slow_upstream, slow_url, _ = start_fake_upstream(args.stream_latency * 1000)
     url, database, drop_database = database_url(args.database, workdir)
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "LLM_", "LIMIT_", "DATABASE", "REDIS", "CACHE"))},
-        "DJANGO_ENV": "production",
-        "SECRET_KEY": secrets.token_urlsafe(50),
-        "ALLOWED_HOSTS": "127.0.0.1,localhost",
-        "FIELD_ENCRYPTION_KEYS": __import__("cryptography.fernet", fromlist=["Fernet"]).Fernet.generate_key().decode(),
-        "DATABASE_URL": url,
-        "LOG_FILE": str(workdir / "app.log"),
-        "WEB_CONCURRENCY": str(args.workers),
-        "OPENAI_BASE_URL": fast_url,
-        "OPENAI_API_KEY": "sk-bench",
-        "LLM_DEFAULT_MODEL": MODEL,
-        "ACCESS_LOG": "false",
-        # Plain HTTP on loopback: production would otherwise redirect every request to HTTPS.
-        "SECURE_SSL_REDIRECT": "false",
-    }
-    cache = "local memory"
-    if database == "PostgreSQL" and redis_reachable():
-        env["REDIS_URL"] = REDIS_URL
-        cache = "Redis"
+    env, cache = server_env(database_url=url, database=database, upstream_url=fast_url, workers=args.workers,
+                            workdir=workdir)
     servers: list[subprocess.Popen] = []
     try:
         manage(env, "migrate", "--noinput")

@@ -14,15 +14,22 @@ Endpoints (OpenAI wire format):
   ``choices: []`` and ``usage``, then ``data: [DONE]``. A body that is not a JSON object
   with a ``model`` string gets 400 without consuming a behaviour.
 * ``GET /v1/models`` -- ``{"object": "list", "data": [...]}`` built from ``models``.
+* ``GET /stats`` -- what the fake did, as JSON (``FakeUpstream.stats``): how many chat
+  completions it received, which behaviour each got, and the tokens it reported. With
+  ``?calls=1`` it adds one entry per chat completion. Not part of OpenAI's API: the soak
+  benchmark (bench/soak.py) compares these figures with the server's usage records.
 * anything else -- 404 with OpenAI's error shape.
-* with ``api_key`` set, a wrong ``Authorization: Bearer`` gets 401 on every endpoint.
+* with ``api_key`` set, a wrong ``Authorization: Bearer`` gets 401 on every endpoint
+  (``/stats`` included).
 
 What each chat completion does is decided by a FIFO of ``Behaviour`` objects
-(``enqueue``); when the queue is empty the request gets a normal success.
+(``enqueue``); when the queue is empty the request gets a normal success, or, with
+``fail_rate`` above 0, that fraction of requests (drawn at random, reproducibly with
+``seed``) gets one of the ``FAULTS``, each as likely as the others.
 
 Run standalone (benchmarks)::
 
-    python -m tests.fake_upstream --host 127.0.0.1 --port 0 --latency-ms 50
+    python -m tests.fake_upstream --host 127.0.0.1 --port 0 --latency-ms 50 [--fail-rate 0.05 --seed 1]
 
 prints ``listening on http://127.0.0.1:<port>/v1`` and serves until Ctrl-C or SIGTERM.
 """
@@ -34,11 +41,12 @@ import asyncio
 import itertools
 import json
 import logging
+import random
 import re
 import signal
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from types import FrameType
@@ -46,7 +54,7 @@ from typing import Any, Literal
 
 import uvicorn
 
-__all__ = ["Behaviour", "FakeUpstream", "RecordedRequest", "main"]
+__all__ = ["FAULTS", "Behaviour", "ChatCall", "FakeUpstream", "RecordedRequest", "main"]
 
 _Message = MutableMapping[str, Any]
 _Receive = Callable[[], Awaitable[_Message]]
@@ -115,6 +123,23 @@ class Behaviour:
 
 _SUCCESS = Behaviour()
 
+# The faults ``fail_rate`` draws from, by the name ``stats()`` counts them under: the ways a
+# real upstream fails. Each maps to one of the server's upstream error codes (with no retries):
+FAULTS: dict[str, Behaviour] = {
+    "http_500": Behaviour(status=500),  # upstream_error
+    "http_502": Behaviour(status=502),  # upstream_error
+    "http_503": Behaviour(status=503),  # upstream_error
+    "http_429": Behaviour(status=429, headers={"retry-after": "1"}),  # upstream_rate_limited
+    # Half the body (non-streaming), or two words of the stream, then the connection closes.
+    "dropped": Behaviour(drop_after_words=2),
+    "malformed": Behaviour(malformed=True),  # upstream_bad_response
+    # Never answers: the server's own timeout ends it (upstream_timeout).
+    "hung": Behaviour(hang=True),
+}
+# How ``stats()`` names the other behaviours.
+SUCCESS = "success"
+QUEUED = "queued"
+
 
 @dataclass(frozen=True)
 class RecordedRequest:
@@ -134,6 +159,26 @@ class RecordedRequest:
     headers: dict[str, str]
     json: Any
     received_at: float
+
+
+@dataclass(frozen=True)
+class ChatCall:
+    """How one chat completion ended, as ``stats(calls=True)`` lists it.
+
+    Attributes:
+        request_id: The request's ``X-Request-Id`` header, or ``None`` without one.
+        behaviour: ``"success"``, the name of a fault from ``FAULTS``, or ``"queued"``
+            for a behaviour taken from the queue.
+        usage: ``(prompt_tokens, completion_tokens)`` of the usage object sent, or ``None``
+            when none was sent in full (an error, a fault, a stream without
+            ``include_usage``, a response cut short).
+        client_left: The client went away before the response was complete.
+    """
+
+    request_id: str | None
+    behaviour: str
+    usage: tuple[int, int] | None
+    client_left: bool
 
 
 class _AbortConnection(Exception):
@@ -261,6 +306,8 @@ class FakeUpstream:
     Attributes:
         latency: Seconds every chat completion waits before answering unless its
             ``Behaviour.delay`` says otherwise. Other endpoints answer at once.
+        fail_rate: The fraction (0 to 1) of chat completions, beyond those the queue
+            decides, that get a fault from ``FAULTS`` instead of a success.
         default_reply: The reply of a ``Behaviour`` whose ``reply`` is ``None``.
         models: Ids listed by ``GET /v1/models``.
         requests: Every request received (all endpoints, including rejected ones), in
@@ -275,20 +322,29 @@ class FakeUpstream:
         latency: float = 0.0,
         host: str = "127.0.0.1",
         port: int = 0,
+        fail_rate: float = 0.0,
+        seed: int | None = None,
     ) -> None:
         """Configure, without starting. With ``api_key``, every request whose
         ``Authorization`` header is not ``Bearer <api_key>`` (or of a key added to
-        ``extra_keys``) gets 401 invalid_api_key."""
+        ``extra_keys``) gets 401 invalid_api_key. ``seed`` makes the faults ``fail_rate``
+        draws the same on every run (for the same order of requests)."""
         self.api_key = api_key
         # More keys accepted besides ``api_key`` (callers' own keys in bring-your-own-key tests).
         self.extra_keys: set[str] = set()
         self.host = host
         self.latency = latency
+        self.fail_rate = fail_rate
         self.default_reply = default_reply
         self.models: list[str] = list(DEFAULT_MODELS)
         self.requests: list[RecordedRequest] = []
         self._initial_latency = latency
+        self._initial_fail_rate = fail_rate
         self._initial_reply = default_reply
+        self._seed = seed
+        self._random = random.Random(seed)
+        self._calls: list[ChatCall] = []
+        self._chat_completions = 0
         self._requested_port = port
         self._port: int | None = None
         self._lock = threading.Lock()
@@ -413,6 +469,43 @@ class FakeUpstream:
         """Chat completions whose client went away before the response was complete."""
         return self._disconnects
 
+    def stats(self, *, calls: bool = False) -> dict[str, Any]:
+        """What ``GET /stats`` answers (``?calls=1`` for ``calls=True``), since start or the
+        last ``reset()``:
+
+        * ``chat_completions``: chat completions received (those that passed auth and body
+          validation, and so took a behaviour);
+        * ``in_flight``: how many of them are still being answered;
+        * ``behaviours``: of the finished ones, how many got each behaviour, by the names
+          ``ChatCall.behaviour`` uses;
+        * ``usage_reported``, ``prompt_tokens``, ``completion_tokens``: how many responses
+          carried a usage object sent in full, and the tokens those reported. A successful
+          stream reports usage only when ``stream_options.include_usage`` asked for it;
+        * ``client_left``: chat completions whose client went away before the response was
+          complete (a hung one, ended by the client's timeout, counts here);
+        * with ``calls``, ``calls``: one ``ChatCall`` (as a JSON object) per finished chat
+          completion, in the order they finished.
+        """
+        with self._lock:
+            finished = list(self._calls)
+            received = self._chat_completions
+        reported = [call.usage for call in finished if call.usage is not None]
+        result: dict[str, Any] = {
+            "chat_completions": received,
+            "in_flight": received - len(finished),
+            "behaviours": dict(Counter(call.behaviour for call in finished)),
+            "usage_reported": len(reported),
+            "prompt_tokens": sum(prompt for prompt, _ in reported),
+            "completion_tokens": sum(completion for _, completion in reported),
+            "client_left": sum(call.client_left for call in finished),
+        }
+        if calls:
+            result["calls"] = [
+                {"request_id": c.request_id, "behaviour": c.behaviour, "usage": c.usage, "client_left": c.client_left}
+                for c in finished
+            ]
+        return result
+
     def enqueue(self, *behaviours: Behaviour) -> None:
         """Queue behaviours; each chat completion that passes auth and body validation
         takes the oldest one. With the queue empty, requests get ``Behaviour()``."""
@@ -420,22 +513,34 @@ class FakeUpstream:
             self._queue.extend(behaviours)
 
     def reset(self) -> None:
-        """Forget queued behaviours, recorded requests, disconnects and the peak, and
-        restore ``latency``, ``default_reply``, ``models`` and ``extra_keys`` to their initial values.
-        The peak restarts from the requests still in flight."""
+        """Forget queued behaviours, recorded requests, disconnects, the peak and the
+        ``stats()``, restart the random faults from the seed, and restore ``latency``,
+        ``fail_rate``, ``default_reply``, ``models`` and ``extra_keys`` to their initial
+        values. The peak restarts from the requests still in flight."""
         with self._lock:
             self._queue.clear()
             self.requests.clear()
             self._disconnects = 0
             self._max_concurrent = self._active
+            self._calls.clear()
+            self._chat_completions = 0
+            self._random = random.Random(self._seed)
         self.latency = self._initial_latency
+        self.fail_rate = self._initial_fail_rate
         self.default_reply = self._initial_reply
         self.models = list(DEFAULT_MODELS)
         self.extra_keys = set()
 
-    def _next_behaviour(self) -> Behaviour:
+    def _next_behaviour(self) -> tuple[Behaviour, str]:
+        """The behaviour of the next chat completion, and its name for ``stats()``."""
         with self._lock:
-            return self._queue.popleft() if self._queue else _SUCCESS
+            self._chat_completions += 1
+            if self._queue:
+                return self._queue.popleft(), QUEUED
+            if self.fail_rate > 0 and self._random.random() < self.fail_rate:
+                name = self._random.choice(list(FAULTS))
+                return FAULTS[name], name
+            return _SUCCESS, SUCCESS
 
     # ----- ASGI ----------------------------------------------------------------------------
 
@@ -461,13 +566,15 @@ class FakeUpstream:
             path: str = scope["path"]
             with self._lock:
                 self.requests.append(RecordedRequest(method, path, headers, parsed, received_at))
-            await self._route(method, path, headers, parsed, receive, _Exchange(send))
+            query = scope["query_string"].decode("latin-1")
+            await self._route(method, path, query, headers, parsed, receive, _Exchange(send))
         finally:
             with self._lock:
                 self._active -= 1
 
     async def _route(
-        self, method: str, path: str, headers: dict[str, str], body: Any, receive: _Receive, exchange: _Exchange
+        self, method: str, path: str, query: str, headers: dict[str, str], body: Any, receive: _Receive,
+        exchange: _Exchange,
     ) -> None:
         if self._stopping:
             await self._refuse_while_stopping(exchange)
@@ -476,10 +583,12 @@ class FakeUpstream:
         }:
             await exchange.json(401, _default_error_body(401, ""))
         elif method == "POST" and path == "/v1/chat/completions":
-            await self._chat_completion(body, receive, exchange)
+            await self._chat_completion(body, headers, receive, exchange)
         elif method == "GET" and path == "/v1/models":
             data = [{"id": m, "object": "model", "created": 0, "owned_by": "fake"} for m in self.models]
             await exchange.json(200, {"object": "list", "data": data})
+        elif method == "GET" and path == "/stats":
+            await exchange.json(200, self.stats(calls="calls=1" in query.split("&")))
         else:
             await exchange.json(404, _error(f"Invalid URL ({method} {path})", "invalid_request_error"))
 
@@ -488,8 +597,11 @@ class FakeUpstream:
             503, _error("The fake upstream is shutting down.", "server_error"), [(b"connection", b"close")]
         )
 
-    async def _chat_completion(self, body: Any, receive: _Receive, exchange: _Exchange) -> None:
-        """Validate, pick a behaviour, and run it while watching for a disconnect.
+    async def _chat_completion(
+        self, body: Any, headers: dict[str, str], receive: _Receive, exchange: _Exchange
+    ) -> None:
+        """Validate, pick a behaviour, and run it while watching for a disconnect; then
+        record how it ended (``stats()``).
 
         The response runs as a child task so that a client disconnect (seen by the
         watcher) or ``stop()`` (which cancels it) can interrupt any wait inside it.
@@ -504,29 +616,40 @@ class FakeUpstream:
                 400, _error("you must provide a model parameter", "invalid_request_error", param="model")
             )
             return
-        behaviour = self._next_behaviour()
+        behaviour, name = self._next_behaviour()
+        usage: tuple[int, int] | None = None
+        client_left = False
         work = asyncio.ensure_future(self._respond(behaviour, body, model, exchange))
         watcher = asyncio.ensure_future(_wait_for_disconnect(receive))
         self._in_flight.add(work)
         try:
-            done, _ = await asyncio.wait((work, watcher), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            self._in_flight.discard(work)
-            watcher.cancel()
-            work.cancel()  # no-op when it finished; otherwise the client is gone
-        # Checked first: the final body write also wakes the watcher, in the same step.
-        if work in done:
-            if not work.cancelled():
-                work.result()  # re-raises a deliberate _AbortConnection
-            elif exchange.started:
-                raise _AbortConnection("server stopping mid-response")
+            try:
+                done, _ = await asyncio.wait((work, watcher), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                self._in_flight.discard(work)
+                watcher.cancel()
+                work.cancel()  # no-op when it finished; otherwise the client is gone
+            # Checked first: the final body write also wakes the watcher, in the same step.
+            if work in done:
+                if not work.cancelled():
+                    usage = work.result()  # re-raises a deliberate _AbortConnection
+                elif exchange.started:
+                    raise _AbortConnection("server stopping mid-response")
+                else:
+                    await self._refuse_while_stopping(exchange)
             else:
-                await self._refuse_while_stopping(exchange)
-        else:
+                client_left = True
+                with self._lock:
+                    self._disconnects += 1
+        finally:
+            call = ChatCall(headers.get("x-request-id"), name, usage, client_left)
             with self._lock:
-                self._disconnects += 1
+                self._calls.append(call)
 
-    async def _respond(self, behaviour: Behaviour, body: dict[str, Any], model: str, exchange: _Exchange) -> None:
+    async def _respond(
+        self, behaviour: Behaviour, body: dict[str, Any], model: str, exchange: _Exchange
+    ) -> tuple[int, int] | None:
+        """Answer as ``behaviour`` says; return the usage sent in full, if any."""
         if behaviour.hang:
             await asyncio.get_running_loop().create_future()  # never resolved: only cancellation ends it
         delay = self.latency if behaviour.delay is None else behaviour.delay
@@ -539,19 +662,23 @@ class FakeUpstream:
         if behaviour.status != 200:
             error_body = behaviour.error_body or _default_error_body(behaviour.status, model)
             await exchange.json(behaviour.status, error_body, headers)
-        elif behaviour.malformed:
+            return None
+        if behaviour.malformed:
             await _send_malformed(stream, exchange, headers)
-        elif behaviour.body is not None:
+            return None
+        if behaviour.body is not None:
             await exchange.json(200, behaviour.body, headers)
-        else:
-            reply = self.default_reply if behaviour.reply is None else behaviour.reply
-            usage = _default_usage(body.get("messages"), reply) if behaviour.usage == "default" else behaviour.usage
-            answer = _Answer(f"chatcmpl-fake{serial}", model, reply, usage, headers, behaviour)
-            if stream:
-                options = body.get("stream_options")
-                await _send_stream(answer, isinstance(options, dict) and options.get("include_usage") is True, exchange)
-            else:
-                await _send_completion(answer, exchange)
+            return None
+        reply = self.default_reply if behaviour.reply is None else behaviour.reply
+        usage = _default_usage(body.get("messages"), reply) if behaviour.usage == "default" else behaviour.usage
+        answer = _Answer(f"chatcmpl-fake{serial}", model, reply, usage, headers, behaviour)
+        if not stream:
+            await _send_completion(answer, exchange)
+            return usage
+        options = body.get("stream_options")
+        include_usage = isinstance(options, dict) and options.get("include_usage") is True
+        await _send_stream(answer, include_usage, exchange)
+        return usage if include_usage else None
 
 
 @dataclass(frozen=True)
@@ -656,9 +783,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--latency-ms", type=float, default=0.0, help="delay before each chat completion")
     parser.add_argument("--reply", default=DEFAULT_REPLY)
     parser.add_argument("--api-key", default=None, help="require this bearer token")
+    parser.add_argument(
+        "--fail-rate", type=float, default=0.0, metavar="FRACTION",
+        help=f"fraction of chat completions (0 to 1) answered with a random fault: {', '.join(FAULTS)}",
+    )
+    parser.add_argument("--seed", type=int, default=None, help="seed of the random faults (reproducible runs)")
     args = parser.parse_args(argv)
+    if not 0.0 <= args.fail_rate <= 1.0:
+        parser.error("--fail-rate must be between 0 and 1")
     fake = FakeUpstream(
-        api_key=args.api_key, default_reply=args.reply, latency=args.latency_ms / 1000, host=args.host, port=args.port
+        api_key=args.api_key, default_reply=args.reply, latency=args.latency_ms / 1000, host=args.host, port=args.port,
+        fail_rate=args.fail_rate, seed=args.seed,
     )
     try:
         fake.start()

@@ -23,7 +23,7 @@ import httpx
 import openai
 import pytest
 
-from tests.fake_upstream import DEFAULT_REPLY, Behaviour, FakeUpstream
+from tests.fake_upstream import DEFAULT_REPLY, FAULTS, Behaviour, FakeUpstream
 
 # 3 + 3 words, 2 messages: default prompt_tokens = 6 + 3 * 2 = 12.
 MESSAGES: list[Any] = [
@@ -386,3 +386,66 @@ def test_standalone_entry_point_serves_until_sigterm() -> None:
         finally:
             if process.poll() is None:
                 process.kill()
+
+
+def _usage_seen(http: httpx.Client, request_id: str, *, stream: bool) -> tuple[int, int] | None:
+    """The usage a chat completion reported, as a client sees it: None when it failed in any way
+    (an error status, a dropped connection, an unreadable body, no answer within the timeout)."""
+    body = {"model": "m", "messages": MESSAGES, "stream": stream, "stream_options": {"include_usage": True}}
+    try:
+        response = http.post("/chat/completions", json=body, headers={"x-request-id": request_id})
+        if response.status_code != 200:
+            return None
+        if not stream:
+            usage = response.json()["usage"]
+        else:
+            events = [line.removeprefix("data: ") for line in response.text.split("\n\n") if line]
+            if events[-1] != "[DONE]":
+                return None
+            usage = json.loads(events[-2])["usage"]
+    except (httpx.HTTPError, ValueError):
+        return None
+    return usage["prompt_tokens"], usage["completion_tokens"]
+
+
+def test_fail_rate_injects_faults_and_stats_count_only_what_was_reported() -> None:
+    # Seed 2 draws each fault at least once in these 40 calls.
+    with FakeUpstream(fail_rate=0.5, seed=2) as fake:
+        with httpx.Client(base_url=fake.base_url, timeout=0.3) as http:
+            seen = {f"r{n}": _usage_seen(http, f"r{n}", stream=n % 2 == 1) for n in range(40)}
+        wait_until(lambda: fake.stats()["in_flight"] == 0)
+        stats = fake.stats(calls=True)
+
+    succeeded = [usage for usage in seen.values() if usage is not None]
+    assert stats["chat_completions"] == 40
+    assert stats["behaviours"]["success"] == len(succeeded)
+    assert set(stats["behaviours"]) == {"success", *FAULTS}
+    assert stats["usage_reported"] == len(succeeded)
+    assert (stats["prompt_tokens"], stats["completion_tokens"]) == (PROMPT_TOKENS * len(succeeded), 5 * len(succeeded))
+    # Each call, by its request id: a success for the fake exactly when the client saw one.
+    assert {c["request_id"]: c["behaviour"] == "success" for c in stats["calls"]} == {
+        request_id: usage is not None for request_id, usage in seen.items()
+    }
+    assert all(c["client_left"] for c in stats["calls"] if c["behaviour"] == "hung")
+
+
+def test_standalone_fail_rate_fails_every_call_and_serves_stats() -> None:
+    command = [sys.executable, "-m", "tests.fake_upstream", "--port", "0", "--fail-rate", "1", "--seed", "2"]
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
+    with subprocess.Popen(command, cwd=PROJECT_ROOT, stdout=subprocess.PIPE, text=True, env=env) as process:
+        try:
+            assert process.stdout is not None
+            base_url = process.stdout.readline().strip().removeprefix("listening on ")
+            with httpx.Client(base_url=base_url, timeout=0.3) as http:
+                seen = [_usage_seen(http, f"r{n}", stream=n % 2 == 1) for n in range(14)]
+                wait_until(lambda: http.get(base_url.removesuffix("/v1") + "/stats").json()["in_flight"] == 0)
+                stats = http.get(base_url.removesuffix("/v1") + "/stats").json()
+        finally:
+            process.terminate()
+            process.wait(timeout=5)
+
+    assert seen == [None] * 14
+    assert stats["chat_completions"] == 14
+    assert "success" not in stats["behaviours"]
+    assert sum(stats["behaviours"].values()) == 14
+    assert (stats["usage_reported"], stats["prompt_tokens"], stats["completion_tokens"]) == (0, 0, 0)
