@@ -10,28 +10,29 @@ names where the text is.
 
 from typing import Any
 
+from rest_framework.exceptions import ParseError
 from rest_framework.parsers import JSONParser
 
 from llmserver.errors import UnstorableText
 
 
-def unstorable_text_at(value: Any, path: str = "") -> str | None:
-    """The JSON path of the first string (value or key) in `value` that cannot be stored, or None."""
-    if isinstance(value, str):
-        return None if _is_storable(value) else path or "$"
-    if isinstance(value, dict):
-        for key, item in value.items():
-            where = f"{path}.{key}" if path else key
-            if not _is_storable(key):
+def unstorable_text_at(value: Any) -> str | None:
+    """The JSON path of the first string (value or key) in `value` that cannot be stored, or None.
+    A loop over a stack, not recursion: a body may nest as deep as the JSON parser allowed."""
+    pending: list[tuple[Any, str]] = [(value, "")]
+    while pending:
+        item, path = pending.pop()
+        if isinstance(item, str):
+            if not _is_storable(item):
                 return path or "$"
-            found = unstorable_text_at(item, where)
-            if found:
-                return found
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            found = unstorable_text_at(item, f"{path}[{index}]")
-            if found:
-                return found
+        elif isinstance(item, dict):
+            for key in item:
+                if not _is_storable(key):
+                    return path or "$"
+            # Reversed onto the stack, so that the first field is looked at first.
+            pending.extend((child, f"{path}.{key}" if path else key) for key, child in reversed(item.items()))
+        elif isinstance(item, list):
+            pending.extend((child, f"{path}[{index}]") for index, child in reversed(list(enumerate(item))))
     return None
 
 
@@ -55,7 +56,12 @@ def _is_storable(text: str) -> bool:
 
 class StorableJSONParser(JSONParser):
     def parse(self, stream: Any, media_type: str | None = None, parser_context: dict | None = None) -> Any:
-        data = super().parse(stream, media_type, parser_context)
+        try:
+            data = super().parse(stream, media_type, parser_context)
+        except RecursionError:
+            # Arrays nested thousands deep: Python's JSON decoder runs out of stack (it is not a
+            # ValueError, so DRF would let it through as a 500).
+            raise ParseError() from None
         where = unstorable_text_at(data)
         if where:
             # An unstorable key is reported by its parent's path, so the path itself is always storable.

@@ -182,3 +182,20 @@ def test_a_delete_to_a_session_address_no_id_can_have_is_a_json_404_not_a_csrf_p
 
 def test_an_unknown_format_is_a_406_not_a_404(alice: Persona) -> None:
     assert_refused(alice.client.get("/api/v1/sessions?format=xml"), 406, "not_acceptable")
+
+
+def test_json_nested_deeper_than_the_decoder_goes_is_a_malformed_request(alice: Persona) -> None:
+    body = '{"user_message": "Hi", "memory_context": ' + "[" * 100_000 + "]" * 100_000 + "}"
+
+    response = alice.client.post("/api/v1/chat", data=body, content_type="application/json")
+
+    assert_refused(response, 400, "malformed_request")
+    assert_nothing_stored()
+
+
+def test_unstorable_text_is_found_however_deep_it_is(alice: Persona) -> None:
+    body = '{"user_message": "Hi", "x": ' + "[" * 500 + '"\\u0000"' + "]" * 500 + "}"
+
+    response = alice.client.post("/api/v1/chat", data=body, content_type="application/json")
+
+    assert assert_refused(response, 400, "invalid_text")["details"]["field"] == "x" + "[0]" * 500
