@@ -41,7 +41,13 @@ from chat.serializers import (
     UsageRecordSerializer,
     UsageReportSerializer,
 )
-from llmserver.errors import ScopeMissing, UpstreamError, api_exception_handler
+from llmserver.errors import (
+    ScopeMissing,
+    UpstreamError,
+    UpstreamRateLimited,
+    UpstreamUnavailable,
+    api_exception_handler,
+)
 
 
 def _errors(*statuses: int) -> dict[int, OpenApiResponse]:
@@ -165,9 +171,9 @@ def _chat_response(result: turns.ChatTurnResult) -> dict:
 
 
 def _stored_error(exc: BaseException) -> idempotency.StoredResponse | None:
-    """What an Idempotency-Key keeps of a failed turn: upstream's failure (the turn reached the
-    model), or nothing (it was refused before, or the client left), which frees the key."""
-    if not isinstance(exc, UpstreamError):
+    """What an Idempotency-Key keeps of a failed turn: the model's failure, or nothing (refused
+    before, upstream unreachable or rate limiting, or the client left), which frees the key."""
+    if not isinstance(exc, UpstreamError) or isinstance(exc, (UpstreamUnavailable, UpstreamRateLimited)):
         return None
     response = api_exception_handler(exc, {"where": "a chat"})
     return idempotency.StoredResponse(status=response.status_code, body=response.data)

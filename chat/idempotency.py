@@ -7,22 +7,23 @@ not asked twice, nothing is billed twice. In detail:
   `Idempotent-Replayed: true`; with a different body it is refused (422);
 - requests with a key that is still being answered wait for its response (10 at once make one
   turn), up to the turn lease; a worker that died mid-turn holds the key no longer than that;
-- a response is stored once the turn reached the model: its answer, or upstream's failure (as
-  Stripe stores its 500s). A request refused before that (validation, limits, a busy session) or
-  cut off by the client stores nothing, so the same key may be sent again;
+- a response is stored once the model answered: its answer, or its failure (as Stripe stores its
+  500s). A request refused before that (validation, limits, a busy session), one upstream never
+  took up (unreachable, rate limited: asking again later is the point), or one cut off by the
+  client stores nothing, so the same key may be sent again;
 - keys belong to the client key that sent them and are kept for 24 hours (`prune_idempotency_keys`
   deletes older ones; an expired key is also simply reused).
 """
 
 import asyncio
-import hashlib
 import json
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import IntegrityError, transaction
 from django.utils import timezone
+from django.utils.crypto import salted_hmac
 from django.utils.translation import gettext as _
 
 from chat import services
@@ -31,6 +32,7 @@ from chat.turns import in_thread
 from llmserver.errors import IdempotencyKeyInUse, IdempotencyKeyReused, InvalidInput
 
 IDEMPOTENCY_KEY_HEADER = "Idempotency-Key"
+HASH_SALT = "chat.idempotency.request_hash"
 REPLAYED_HEADER = "Idempotent-Replayed"
 KEPT_FOR = timedelta(hours=24)
 MAX_KEY_LENGTH = 255
@@ -48,9 +50,12 @@ class StoredResponse:
 
 @dataclass(frozen=True)
 class Claim:
-    """This request holds the key: it runs, then stores its response or releases the key."""
+    """This request holds the key: it runs, then stores its response or releases the key.
+    `locked_until` is also the claim's token: a holder that outlived its lock and was taken over
+    can no longer store or release (both match it)."""
 
     row_id: int
+    locked_until: datetime
 
 
 def idempotency_key_from(headers: Any) -> str | None:
@@ -65,9 +70,11 @@ def idempotency_key_from(headers: Any) -> str | None:
 
 
 def request_hash(data: Any) -> str:
-    """The body as canonical JSON, hashed: key order and spacing do not make a different request."""
+    """The body as canonical JSON, hashed: key order and spacing do not make a different request.
+    Keyed (HMAC with SECRET_KEY), as everything derived from a caller's own upstream key is here:
+    the body may carry one (`api_key`)."""
     canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    return salted_hmac(HASH_SALT, canonical, algorithm="sha256").hexdigest()
 
 
 def idempotency_claim(*, api_key: ApiKey, key: str, body_hash: str) -> Claim | StoredResponse | None:
@@ -75,19 +82,19 @@ def idempotency_claim(*, api_key: ApiKey, key: str, body_hash: str) -> Claim | S
     another request holding it is still running. Raises IdempotencyKeyReused for another body."""
     now = timezone.now()
     locked_until = now + services.turn_lease()
-    # Twice: a row that expired or was released between the INSERT and the SELECT is gone.
+    # Read first (waiters poll here), insert when there is nothing; twice, because a row can be
+    # inserted, expire or be released between the two.
     for _attempt in range(2):
-        try:
-            with transaction.atomic():
-                row = IdempotentRequest.objects.create(
-                    api_key=api_key, key=key, request_hash=body_hash, locked_until=locked_until, created_at=now
-                )
-            return Claim(row_id=row.pk)
-        except IntegrityError:
-            pass
         row = IdempotentRequest.objects.filter(api_key=api_key, key=key).first()
         if row is None:
-            continue
+            try:
+                with transaction.atomic():
+                    row = IdempotentRequest.objects.create(
+                        api_key=api_key, key=key, request_hash=body_hash, locked_until=locked_until, created_at=now
+                    )
+                return Claim(row_id=row.pk, locked_until=locked_until)
+            except IntegrityError:
+                continue
         if row.created_at <= now - KEPT_FOR:
             IdempotentRequest.objects.filter(pk=row.pk, created_at=row.created_at).delete()
             continue
@@ -100,20 +107,20 @@ def idempotency_claim(*, api_key: ApiKey, key: str, body_hash: str) -> Claim | S
         if abandoned and IdempotentRequest.objects.filter(
             pk=row.pk, response_status__isnull=True, locked_until=row.locked_until
         ).update(locked_until=locked_until):
-            return Claim(row_id=row.pk)
+            return Claim(row_id=row.pk, locked_until=locked_until)
         return None
     return None
 
 
 def idempotency_store(*, claim: Claim, status: int, body: dict[str, Any]) -> None:
-    IdempotentRequest.objects.filter(pk=claim.row_id).update(
+    IdempotentRequest.objects.filter(pk=claim.row_id, locked_until=claim.locked_until).update(
         response_status=status, response_body=json.dumps(body), locked_until=None
     )
 
 
 def idempotency_release(*, claim: Claim) -> None:
     """The request ended before the model was asked (or the client left): the key is free again."""
-    IdempotentRequest.objects.filter(pk=claim.row_id, response_status__isnull=True).delete()
+    IdempotentRequest.objects.filter(pk=claim.row_id, locked_until=claim.locked_until).delete()
 
 
 def idempotency_prune() -> int:

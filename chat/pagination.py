@@ -11,9 +11,13 @@ from rest_framework.request import Request
 from llmserver.errors import InvalidInput, PageNotFound
 
 
+# Longer is no page anyone has: and int() refuses over 4,300 digits with a ValueError.
+MAX_DIGITS = 9
+
+
 def _whole_number(raw: str) -> int | None:
     # isascii: str.isdigit() also accepts digits of other scripts, which int() then reads.
-    return int(raw) if raw.isascii() and raw.isdigit() else None
+    return int(raw) if raw.isascii() and raw.isdigit() and len(raw) <= MAX_DIGITS else None
 
 
 class ApiPagination(PageNumberPagination):

@@ -61,7 +61,7 @@ DEFAULT_TEMPERATURE = 0.7
 # How long a turn's lease lasts beyond the longest an upstream call can take (every retry timing
 # out), to cover the database writes around it.
 TURN_LEASE_MARGIN_SECONDS = 60
-# Room for the SDK's waits between retries within one upstream call (see upstream_deadline_seconds).
+# Room for the waits between retries within one upstream call (see upstream_deadline_seconds).
 RETRY_WAIT_ALLOWANCE_SECONDS = 30
 MIN_KEY_LENGTH_TO_SHOW_LAST4 = 16
 PRUNE_BATCH_SIZE = 5000
@@ -406,8 +406,9 @@ class PreparedTurn:
 
 def upstream_deadline_seconds() -> float:
     """The longest one upstream call may take, retries included. Every attempt may use the whole
-    timeout, and the SDK waits between attempts (its backoff, or upstream's Retry-After of up to
-    two minutes): the call is cut at this deadline so that a turn always ends inside its lease."""
+    timeout, and the provider waits between attempts (its backoff, or upstream's Retry-After of up
+    to 8 s, chat/providers/openai_compatible.py): the call is cut at this deadline so that a turn
+    always ends inside its lease."""
     return settings.LLM_TIMEOUT_SECONDS * (settings.LLM_MAX_RETRIES + 1) + RETRY_WAIT_ALLOWANCE_SECONDS
 
 

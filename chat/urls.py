@@ -1,20 +1,15 @@
 from django.urls import path, register_converter
+from django.urls.converters import StringConverter
 
 from chat import api
 from chat.serializers import SESSION_ID_CHARACTERS
 
 
-class SessionIdConverter:
+class SessionIdConverter(StringConverter):
     """Only what a session id can be reaches a view: anything else in the path (a NUL, which
     PostgreSQL refuses, or any other character no id may contain) is a plain 404 with no query."""
 
     regex = SESSION_ID_CHARACTERS
-
-    def to_python(self, value: str) -> str:
-        return value
-
-    def to_url(self, value: str) -> str:
-        return value
 
 
 register_converter(SessionIdConverter, "session_id")

@@ -150,6 +150,11 @@ def test_fault(served: Served, upstream: FakeUpstream, fault: Fault) -> None:
     assert len(upstream.requests) == fault.attempts
     if fault.retry_after:
         assert response.headers["retry-after"] == fault.retry_after
+    waited_for = [float(b.headers["retry-after"]) for b in fault.behaviours[:-1] if "retry-after" in b.headers]
+    if fault.attempts > 1 and waited_for:
+        # The retry came after upstream's Retry-After, not sooner.
+        retry_gap = upstream.requests[1].received_at - upstream.requests[0].received_at
+        assert retry_gap >= waited_for[0]
     if any(b.hang or (b.delay or 0) > TIMEOUT_SECONDS for b in fault.behaviours):
         # The worker gave up on upstream and closed the connection, rather than leaving it open.
         assert upstream.disconnects == disconnects_before + 1

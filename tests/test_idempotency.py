@@ -9,6 +9,7 @@ import pytest
 from django.core.management import call_command
 from django.utils import timezone
 
+from chat.idempotency import Claim, StoredResponse, idempotency_claim, idempotency_release, idempotency_store
 from chat.models import IdempotentRequest, Message, UsageRecord
 from tests.conftest import UPSTREAM_TEST_KEY, Persona
 from tests.fake_upstream import Behaviour, FakeUpstream
@@ -97,6 +98,35 @@ def test_an_upstream_failure_is_stored_and_replayed_like_an_answer(
     assert UsageRecord.objects.count() == 1
 
 
+def test_upstream_rate_limiting_is_not_stored_so_the_same_key_can_ask_again(
+    alice: Persona, fake_upstream: FakeUpstream
+) -> None:
+    fake_upstream.enqueue(Behaviour(status=429, headers={"retry-after": "30"}))
+
+    limited = chat(alice, "order-1")
+    again = chat(alice, "order-1")
+
+    assert (limited.status_code, limited["Retry-After"]) == (429, "30")
+    assert again.status_code == 200 and "Idempotent-Replayed" not in again
+    assert len(fake_upstream.requests) == 2
+
+
+def test_a_holder_that_outlived_its_lock_cannot_release_or_overwrite_the_next_holders_key(alice: Persona) -> None:
+    """A worker that died (or hung) past its lock: the next request takes the key over; if the
+    first then wakes up, its release and its response are both ignored."""
+    stale = idempotency_claim(api_key=alice.api_key, key="k", body_hash="h")
+    IdempotentRequest.objects.update(locked_until=timezone.now() - timedelta(seconds=1))
+    taken_over = idempotency_claim(api_key=alice.api_key, key="k", body_hash="h")
+    assert isinstance(taken_over, Claim) and taken_over.row_id == stale.row_id
+
+    idempotency_release(claim=stale)
+    idempotency_store(claim=stale, status=502, body={"stale": True})
+    assert idempotency_claim(api_key=alice.api_key, key="k", body_hash="h") is None  # still held
+
+    idempotency_store(claim=taken_over, status=200, body={"fresh": True})
+    assert idempotency_claim(api_key=alice.api_key, key="k", body_hash="h") == StoredResponse(200, {"fresh": True})
+
+
 def test_a_request_refused_before_the_model_was_asked_leaves_the_key_free(
     alice: Persona, fake_upstream: FakeUpstream, settings
 ) -> None:
@@ -148,6 +178,8 @@ def test_ten_requests_at_once_with_one_key_make_one_turn_and_get_one_answer(
     assert len(upstream.requests) == 1
     messages = httpx.get(f"{served.base_url}/api/v1/sessions/ten/messages", headers=served.headers()).json()
     assert messages["count"] == 2
+    usage = httpx.get(f"{served.base_url}/api/v1/sessions/ten/usage", headers=served.headers()).json()
+    assert usage["count"] == 1
 
 
 def test_a_streamed_answer_is_replayed_as_a_stream(served: Served, upstream: FakeUpstream) -> None:

@@ -1,11 +1,14 @@
 """The two providers behind the one interface."""
 
+import httpx2
+import openai
+import pytest
 from asgiref.sync import async_to_sync
 
 from chat import tokens
 from chat.providers import CompletionRequest, StreamDelta, get_provider
 from chat.providers.offline import OfflineProvider
-from chat.providers.openai_compatible import OpenAICompatibleProvider
+from chat.providers.openai_compatible import OpenAICompatibleProvider, retry_wait_seconds, upstream_error_from
 from tests.conftest import UPSTREAM_TEST_KEY
 from tests.fake_upstream import Behaviour, FakeUpstream
 
@@ -78,3 +81,56 @@ def test_the_openai_compatible_provider_retries_a_503_a_bounded_number_of_times(
 
     assert completion.text == "Third time lucky"
     assert len(fake_upstream.requests) == 3
+
+
+def _status_error(status: int, **headers: str) -> openai.APIStatusError:
+    response = httpx2.Response(status, headers=headers, request=httpx2.Request("POST", "http://127.0.0.1/v1/chat/completions"))
+    return openai.APIStatusError("upstream said no", response=response, body=None)
+
+
+@pytest.mark.parametrize(
+    ("error", "waits"),
+    [
+        (_status_error(429, **{"retry-after": "2"}), (2.0, 2.0)),
+        (_status_error(429, **{"retry-after-ms": "1500", "retry-after": "7"}), (1.5, 1.5)),
+        (_status_error(429, **{"retry-after": "Wed, 21 Oct 2099 07:28:00 GMT"}), None),  # far off: pass it on
+        (_status_error(429, **{"retry-after": "30"}), None),
+        (_status_error(429, **{"retry-after": "1e400"}), None),
+        (_status_error(429, **{"retry-after": "nan"}), (0.375, 0.5)),
+        (_status_error(429, **{"retry-after": "-5"}), (0.0, 0.0)),
+        (_status_error(503), (0.375, 0.5)),  # backoff, less up to a quarter
+        (_status_error(529), (0.375, 0.5)),
+        (_status_error(503, **{"x-should-retry": "false"}), None),
+        (_status_error(400, **{"x-should-retry": "true"}), (0.375, 0.5)),
+        (_status_error(400), None),
+        (_status_error(401), None),
+        (openai.APITimeoutError(request=httpx2.Request("POST", "http://127.0.0.1")), None),  # may be writing
+    ],
+)
+def test_a_retry_waits_as_upstream_asks_and_only_where_no_answer_was_written(
+    error: openai.OpenAIError, waits: tuple[float, float] | None
+) -> None:
+    wait = retry_wait_seconds(error, attempt=0)
+
+    if waits is None:
+        assert wait is None
+    else:
+        assert wait is not None and waits[0] <= wait <= waits[1]
+
+
+def test_a_connection_that_never_reached_upstream_is_retried_one_that_broke_after_is_not() -> None:
+    request = httpx2.Request("POST", "http://127.0.0.1")
+    refused = openai.APIConnectionError(request=request)
+    refused.__cause__ = httpx2.ConnectError("refused")
+    dropped = openai.APIConnectionError(request=request)
+    dropped.__cause__ = httpx2.RemoteProtocolError("peer closed connection without sending complete message body")
+
+    assert retry_wait_seconds(refused, attempt=1) is not None
+    assert retry_wait_seconds(dropped, attempt=0) is None
+
+
+def test_an_absurd_retry_after_is_passed_on_as_at_most_an_hour() -> None:
+    response = _status_error(429, **{"retry-after": "1e400"}).response
+    error = upstream_error_from(openai.RateLimitError("slow down", response=response, body=None))
+
+    assert error.retry_after == 3600

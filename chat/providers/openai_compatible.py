@@ -16,12 +16,16 @@ reached it. Never once a byte of a stream was read (that happens after `post` re
 """
 
 import asyncio
+import email.utils
 import hashlib
 import json
 import logging
+import math
 import random
 import weakref
 from collections.abc import AsyncIterator
+from datetime import datetime
+from datetime import timezone as dt_timezone
 from typing import Any
 
 import httpx2
@@ -61,34 +65,46 @@ MAX_REPORTED_TOKENS = 2**31 - 1
 
 
 # Statuses after which asking again is safe: upstream answered with an error, not with an answer.
-RETRYABLE_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
+RETRYABLE_STATUSES = frozenset({408, 409, 429})
 # The wait before retry n is FIRST_RETRY_WAIT_SECONDS * 2**n, at most MAX_RETRY_WAIT_SECONDS, less
 # up to a quarter at random (the SDK's own curve), or upstream's Retry-After when it sends one. A
 # longer Retry-After is not waited out by a worker: the client gets the 429 and the wait instead.
 FIRST_RETRY_WAIT_SECONDS = 0.5
 MAX_RETRY_WAIT_SECONDS = 8.0
+# The longest Retry-After passed on to a client (an hour): upstream's own may be absurd.
+MAX_RETRY_AFTER_PASSED_ON = 3600.0
 # Failures of the connection before the request was sent.
 _NOTHING_SENT = (httpx2.ConnectError, httpx2.ConnectTimeout, httpx2.PoolTimeout)
 
 
-def _retry_after_seconds(exc: openai.APIStatusError) -> float | None:
-    retry_after = exc.response.headers.get("retry-after")
+def _retry_after_seconds(headers: Any) -> float | None:
+    """Upstream's wish, as the SDK reads it: `retry-after-ms`, then `retry-after` in seconds or as
+    an HTTP date. None when it sent none or nonsense; a number too large for a float is infinite."""
+    for name, divisor in (("retry-after-ms", 1000), ("retry-after", 1)):
+        try:
+            seconds = float(headers.get(name, "")) / divisor
+        except ValueError:
+            continue
+        return None if math.isnan(seconds) else seconds
     try:
-        seconds = float(retry_after) if retry_after else None
-    except ValueError:
+        moment = email.utils.parsedate_to_datetime(headers.get("retry-after", ""))
+    except (TypeError, ValueError):
         return None
-    return seconds if seconds is not None and 0 <= seconds < float("inf") else None
+    return (moment - datetime.now(dt_timezone.utc)).total_seconds() if moment.tzinfo else None
 
 
 def retry_wait_seconds(exc: openai.OpenAIError, *, attempt: int) -> float | None:
     """How long to wait before asking again after `exc` on attempt `attempt` (0 first), or None
     when asking again is not safe or not worth a worker's wait."""
     if isinstance(exc, openai.APIStatusError):
-        if exc.status_code not in RETRYABLE_STATUSES:
+        should_retry = exc.response.headers.get("x-should-retry")  # OpenAI's own verdict, when sent
+        if should_retry == "false" or (
+            should_retry != "true" and exc.status_code not in RETRYABLE_STATUSES and exc.status_code < 500
+        ):
             return None
-        retry_after = _retry_after_seconds(exc)
+        retry_after = _retry_after_seconds(exc.response.headers)
         if retry_after is not None:
-            return retry_after if retry_after <= MAX_RETRY_WAIT_SECONDS else None
+            return max(retry_after, 0) if retry_after <= MAX_RETRY_WAIT_SECONDS else None
     elif not (isinstance(exc, openai.APIConnectionError) and isinstance(exc.__cause__, _NOTHING_SENT)):
         return None
     return min(FIRST_RETRY_WAIT_SECONDS * 2**attempt, MAX_RETRY_WAIT_SECONDS) * (1 - 0.25 * random.random())
@@ -124,7 +140,8 @@ def upstream_error_from(exc: Exception, *, key_origin: str = KEY_FROM_SERVER) ->
         if isinstance(exc, (openai.AuthenticationError, openai.PermissionDeniedError)):
             return UpstreamAuthFailed(_REJECTED_KEY_MESSAGES.get(key_origin), details=details)
         if isinstance(exc, openai.RateLimitError):
-            return UpstreamRateLimited(details=details, retry_after=_retry_after_seconds(exc) or 1)
+            retry_after = _retry_after_seconds(exc.response.headers) or 1
+            return UpstreamRateLimited(details=details, retry_after=min(max(retry_after, 1), MAX_RETRY_AFTER_PASSED_ON))
         if 400 <= exc.status_code < 500:
             return UpstreamRejectedRequest(details=details)
         return UpstreamError(details=details)
