@@ -25,7 +25,7 @@ from chat.pagination import ApiPagination
 from chat.providers import StreamDelta
 from chat.services import ChatTurnInput
 from chat.sse import EventStreamRenderer, event_stream_response, sse_event
-from chat.upstreams import UpstreamChoice, upstream_choose
+from chat.upstreams import upstream_choose
 from chat.serializers import (
     SESSION_ID_PATTERN,
     UPSTREAM_KEY_HEADER,
@@ -41,13 +41,7 @@ from chat.serializers import (
     UsageRecordSerializer,
     UsageReportSerializer,
 )
-from llmserver.errors import (
-    ScopeMissing,
-    UpstreamError,
-    UpstreamRateLimited,
-    UpstreamUnavailable,
-    api_exception_handler,
-)
+from llmserver.errors import ScopeMissing, UpstreamError, api_exception_handler
 
 
 def _errors(*statuses: int) -> dict[int, OpenApiResponse]:
@@ -133,35 +127,31 @@ class ChatView(AsyncAPIView):
             )
             if isinstance(claim, idempotency.StoredResponse):
                 return _replayed(claim, stream=data["stream"])
-        try:
+        async with idempotency.ended_if_failed(claim, stored=_kept_failure):
             upstream = await upstream_choose(
                 api_key=request.auth, user_key=data["upstream_key"], free_mode=data["free_mode"]
             )
-        except BaseException:
-            if claim:
-                await idempotency.idempotency_end(claim=claim, response=None)
-            raise
-        turn = ChatTurnInput(
-            user_message=data["user_message"],
-            session_id=data["session_id"],
-            system_prompt=data["role"],
-            model=data["model"],
-            max_tokens=data["max_tokens"],
-            temperature=data["temperature"],
-            memory_context=data["memory_context"],
-            conversation_history=data["conversation_history"],
-        )
-        if not data["stream"]:
-            return await _chat_answered(request.auth, upstream, turn, claim)
-        pieces = turns.chat_turn_stream(api_key=request.auth, upstream=upstream, turn=turn)
-        # Up to the first piece, a failure is an ordinary error response with its status code.
-        try:
-            first = await anext(pieces)
-        except BaseException as exc:
-            if claim:
-                await idempotency.idempotency_end(claim=claim, response=_stored_error(exc))
-            raise
-        return event_stream_response(_chat_events(first, pieces, claim))
+            turn = ChatTurnInput(
+                user_message=data["user_message"],
+                session_id=data["session_id"],
+                system_prompt=data["role"],
+                model=data["model"],
+                max_tokens=data["max_tokens"],
+                temperature=data["temperature"],
+                memory_context=data["memory_context"],
+                conversation_history=data["conversation_history"],
+            )
+            if not data["stream"]:
+                result = await turns.chat_turn_run(api_key=request.auth, upstream=upstream, turn=turn)
+            else:
+                pieces = turns.chat_turn_stream(api_key=request.auth, upstream=upstream, turn=turn)
+                # Up to the first piece, a failure is an ordinary error response with its status code.
+                first = await anext(pieces)
+        if data["stream"]:
+            return event_stream_response(_chat_events(first, pieces, claim))
+        body = _chat_response(result)
+        await idempotency.idempotency_end(claim=claim, response=idempotency.StoredResponse(status=200, body=body))
+        return Response(body)
 
 
 def _chat_response(result: turns.ChatTurnResult) -> dict:
@@ -170,28 +160,13 @@ def _chat_response(result: turns.ChatTurnResult) -> dict:
     return {"success": True, **dataclasses.asdict(result), "error_message": None}
 
 
-def _stored_error(exc: BaseException) -> idempotency.StoredResponse | None:
-    """What an Idempotency-Key keeps of a failed turn: the model's failure, or nothing (refused
-    before, upstream unreachable or rate limiting, or the client left), which frees the key."""
-    if not isinstance(exc, UpstreamError) or isinstance(exc, (UpstreamUnavailable, UpstreamRateLimited)):
+def _kept_failure(exc: BaseException, response: Response | None = None) -> idempotency.StoredResponse | None:
+    """What an Idempotency-Key keeps of a failed turn (`response`: its error response, when made
+    already): the model's failure, or nothing, which frees the key (see UpstreamError.model_answered)."""
+    if not (isinstance(exc, UpstreamError) and exc.model_answered):
         return None
-    response = api_exception_handler(exc, {"where": "a chat"})
+    response = response or api_exception_handler(exc, {"where": "a chat"})
     return idempotency.StoredResponse(status=response.status_code, body=response.data)
-
-
-async def _chat_answered(
-    api_key: ApiKey, upstream: UpstreamChoice, turn: ChatTurnInput, claim: idempotency.Claim | None
-) -> Response:
-    try:
-        result = await turns.chat_turn_run(api_key=api_key, upstream=upstream, turn=turn)
-    except BaseException as exc:
-        if claim:
-            await idempotency.idempotency_end(claim=claim, response=_stored_error(exc))
-        raise
-    body = _chat_response(result)
-    if claim:
-        await idempotency.idempotency_end(claim=claim, response=idempotency.StoredResponse(status=200, body=body))
-    return Response(body)
 
 
 def _replayed(stored: idempotency.StoredResponse, *, stream: bool) -> HttpResponseBase:
@@ -223,13 +198,13 @@ async def _chat_events(
         yield sse_event(body, event="done")
     except Exception as exc:
         # The same mapping (and logging of bugs) as an error before the stream started.
-        stored = _stored_error(exc)
-        yield sse_event(api_exception_handler(exc, {"where": "a streamed chat"}).data, event="error")
+        error = api_exception_handler(exc, {"where": "a streamed chat"})
+        stored = _kept_failure(exc, error)
+        yield sse_event(error.data, event="error")
     finally:
         # Ends the turn now if the client went away mid-stream (stores what was generated).
         await pieces.aclose()
-        if claim:
-            await idempotency.idempotency_end(claim=claim, response=stored)
+        await idempotency.idempotency_end(claim=claim, response=stored)
 
 
 class SessionListView(APIView):

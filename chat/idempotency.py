@@ -9,14 +9,16 @@ not asked twice, nothing is billed twice. In detail:
   turn), up to the turn lease; a worker that died mid-turn holds the key no longer than that;
 - a response is stored once the model answered: its answer, or its failure (as Stripe stores its
   500s). A request refused before that (validation, limits, a busy session), one upstream never
-  took up (unreachable, rate limited: asking again later is the point), or one cut off by the
-  client stores nothing, so the same key may be sent again;
+  took up (unreachable, rate limited, a rejected key: asking again later is the point), or one cut
+  off by the client stores nothing, so the same key may be sent again;
 - keys belong to the client key that sent them and are kept for 24 hours (`prune_idempotency_keys`
   deletes older ones; an expired key is also simply reused).
 """
 
 import asyncio
 import json
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -125,7 +127,7 @@ def idempotency_release(*, claim: Claim) -> None:
 
 def idempotency_prune() -> int:
     """Delete keys older than 24 hours. Returns how many."""
-    return IdempotentRequest.objects.filter(created_at__lte=timezone.now() - KEPT_FOR).delete()[0]
+    return services.delete_in_batches(IdempotentRequest.objects.filter(created_at__lte=timezone.now() - KEPT_FOR))
 
 
 async def idempotency_begin(*, api_key: ApiKey, key: str, body_hash: str) -> Claim | StoredResponse:
@@ -144,11 +146,27 @@ async def idempotency_begin(*, api_key: ApiKey, key: str, body_hash: str) -> Cla
         pause = min(pause * 2, MAX_POLL_SECONDS)
 
 
-async def idempotency_end(*, claim: Claim, response: StoredResponse | None) -> None:
-    """Store the response, or release the key when there is none to store. Shielded: a client
-    that goes away now must not leave the key locked until the lease runs out."""
+async def idempotency_end(*, claim: Claim | None, response: StoredResponse | None) -> None:
+    """Store the response, or release the key when there is none to store (nothing to do without a
+    claim). Shielded: a client that goes away now must not leave the key locked until the lease
+    runs out."""
+    if claim is None:
+        return
     if response is None:
         step = in_thread(idempotency_release)(claim=claim)
     else:
         step = in_thread(idempotency_store)(claim=claim, status=response.status, body=response.body)
     await asyncio.shield(step)
+
+
+@asynccontextmanager
+async def ended_if_failed(
+    claim: Claim | None, *, stored: Callable[[BaseException], StoredResponse | None]
+) -> AsyncIterator[None]:
+    """Run the block; if it raises (the client leaving included), end the claim with what
+    `stored` keeps of the failure, and raise on."""
+    try:
+        yield
+    except BaseException as exc:
+        await idempotency_end(claim=claim, response=stored(exc))
+        raise

@@ -163,6 +163,10 @@ class UpstreamError(ApiError):
     status_code = status.HTTP_502_BAD_GATEWAY
     error_code = "upstream_error"
     default_message = _("The model provider returned an error; the message was kept and can be retried.")
+    # False where the model never took the request up (unreachable, rate limiting, a rejected
+    # key): asking again later, with the same Idempotency-Key, is then the point, so no response
+    # is kept under the key (chat.idempotency).
+    model_answered = True
 
 
 class UpstreamAuthFailed(UpstreamError):
@@ -170,6 +174,7 @@ class UpstreamAuthFailed(UpstreamError):
     default_message = _(
         "The model provider rejected the server's API key; the operator has to check OPENAI_API_KEY."
     )
+    model_answered = False
 
 
 class UpstreamCredentialUnreadable(ApiError):
@@ -202,12 +207,14 @@ class UpstreamRateLimited(UpstreamError):
     status_code = status.HTTP_429_TOO_MANY_REQUESTS
     error_code = "upstream_rate_limited"
     default_message = _("The model provider is rate limiting this server; try again later.")
+    model_answered = False
 
 
 class UpstreamUnavailable(UpstreamError):
     status_code = status.HTTP_503_SERVICE_UNAVAILABLE
     error_code = "upstream_unavailable"
     default_message = _("The model provider could not be reached; try again later.")
+    model_answered = False
 
 
 class UpstreamTimeout(UpstreamError):

@@ -98,15 +98,22 @@ def test_an_upstream_failure_is_stored_and_replayed_like_an_answer(
     assert UsageRecord.objects.count() == 1
 
 
-def test_upstream_rate_limiting_is_not_stored_so_the_same_key_can_ask_again(
-    alice: Persona, fake_upstream: FakeUpstream
+@pytest.mark.parametrize(
+    ("refusal", "status"),
+    [(Behaviour(status=429, headers={"retry-after": "30"}), 429), (Behaviour(status=401), 502)],
+    ids=["rate_limited", "key_rejected"],
+)
+def test_a_request_upstream_did_not_take_up_is_not_stored_so_the_same_key_can_ask_again(
+    alice: Persona, fake_upstream: FakeUpstream, refusal: Behaviour, status: int
 ) -> None:
-    fake_upstream.enqueue(Behaviour(status=429, headers={"retry-after": "30"}))
+    fake_upstream.enqueue(refusal)
 
-    limited = chat(alice, "order-1")
+    refused = chat(alice, "order-1")
     again = chat(alice, "order-1")
 
-    assert (limited.status_code, limited["Retry-After"]) == (429, "30")
+    assert refused.status_code == status
+    if "retry-after" in refusal.headers:
+        assert refused["Retry-After"] == refusal.headers["retry-after"]
     assert again.status_code == 200 and "Idempotent-Replayed" not in again
     assert len(fake_upstream.requests) == 2
 
