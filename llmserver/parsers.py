@@ -8,8 +8,11 @@ parameters), so the whole body is checked once here, before any view sees it, an
 names where the text is.
 """
 
+import io
+import re
 from typing import Any
 
+from django.conf import settings
 from rest_framework.exceptions import ParseError
 from rest_framework.parsers import JSONParser
 
@@ -54,16 +57,26 @@ def _is_storable(text: str) -> bool:
     return True
 
 
+# Strict JSON can carry a NUL or a surrogate only as an escape (a raw control character is not
+# JSON, raw surrogate bytes are not UTF-8): without one of these in the raw body, there is no
+# string to look at. (A false alarm, like an escaped backslash before "u0000", only costs the walk.)
+_MAY_HOLD_UNSTORABLE_TEXT = re.compile(rb"\\u(?:0000|[dD][89a-fA-F])")
+
+
 class StorableJSONParser(JSONParser):
     def parse(self, stream: Any, media_type: str | None = None, parser_context: dict | None = None) -> Any:
+        raw = stream.read() if stream is not None else b""
         try:
-            data = super().parse(stream, media_type, parser_context)
+            data = super().parse(io.BytesIO(raw), media_type, parser_context)
         except RecursionError:
             # Arrays nested thousands deep: Python's JSON decoder runs out of stack (it is not a
             # ValueError, so DRF would let it through as a 500).
             raise ParseError() from None
-        where = unstorable_text_at(data)
-        if where:
-            # An unstorable key is reported by its parent's path, so the path itself is always storable.
-            raise UnstorableText(details={"field": where})
+        encoding = (parser_context or {}).get("encoding", settings.DEFAULT_CHARSET)
+        # The escapes are looked for as UTF-8 bytes; a body in another charset is always walked.
+        if encoding.lower().replace("-", "") != "utf8" or _MAY_HOLD_UNSTORABLE_TEXT.search(raw):
+            where = unstorable_text_at(data)
+            if where:
+                # An unstorable key is reported by its parent's path, so the path itself is always storable.
+                raise UnstorableText(details={"field": where})
         return data

@@ -204,3 +204,12 @@ def test_unstorable_text_is_found_however_deep_it_is(alice: Persona) -> None:
     response = alice.client.post("/api/v1/chat", data=body, content_type="application/json")
 
     assert assert_refused(response, 400, "invalid_text")["details"]["field"] == "x" + "[0]" * 500
+
+
+def test_unstorable_text_is_found_in_a_body_in_another_charset(alice: Persona) -> None:
+    # The quick look for escapes reads UTF-8 bytes; a UTF-16 body is always walked.
+    body = json.dumps({"user_message": "Hi \x00"}).encode("utf-16")
+
+    response = alice.client.post("/api/v1/chat", data=body, content_type="application/json; charset=utf-16")
+
+    assert assert_refused(response, 400, "invalid_text")["details"] == {"field": "user_message"}
