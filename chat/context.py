@@ -72,7 +72,8 @@ def max_output_tokens_for_model(model: str) -> int:
     )
 
 
-def _check_max_tokens(*, model: str, max_tokens: int) -> None:
+def _window_for_the_answer(*, model: str, max_tokens: int) -> int:
+    """The model's context window, once `max_tokens` is found within what the model writes."""
     ceiling = max_output_tokens_for_model(model)
     if max_tokens > ceiling:
         raise MaxTokensTooLarge(
@@ -80,6 +81,15 @@ def _check_max_tokens(*, model: str, max_tokens: int) -> None:
             % {"max_tokens": max_tokens, "model": model, "ceiling": ceiling},
             details={"max_tokens": max_tokens, "max_output_tokens": ceiling, "model": model},
         )
+    return context_window_for_model(model)
+
+
+def _too_long(message: str, *, needed: int, model: str, window: int, max_tokens: int) -> ContextTooLong:
+    """`message`: a sentence with the placeholders needed, model, window and max_tokens."""
+    return ContextTooLong(
+        message % {"needed": needed, "model": model, "window": window, "max_tokens": max_tokens},
+        details={"needed_tokens": needed, "context_window": window, "max_tokens": max_tokens},
+    )
 
 
 @dataclass(frozen=True)
@@ -115,18 +125,16 @@ def fixed_prompt(messages: list[dict[str, str]], *, model: str, max_tokens: int)
 
     Raises MaxTokensTooLarge over the model's ceiling, ContextTooLong when the messages do not fit.
     """
-    _check_max_tokens(model=model, max_tokens=max_tokens)
+    window = _window_for_the_answer(model=model, max_tokens=max_tokens)
     prompt_tokens = tokens.count_prompt_tokens(messages, model=model)
-    window = context_window_for_model(model)
     if prompt_tokens + max_tokens > window:
-        raise ContextTooLong(
+        raise _too_long(
             _(
                 "The messages do not fit in the context window: they need %(needed)d tokens, but %(model)s "
                 "has %(window)d tokens of which max_tokens=%(max_tokens)d are kept for the answer. Send fewer "
                 "messages or lower max_tokens."
-            )
-            % {"needed": prompt_tokens, "model": model, "window": window, "max_tokens": max_tokens},
-            details={"needed_tokens": prompt_tokens, "context_window": window, "max_tokens": max_tokens},
+            ),
+            needed=prompt_tokens, model=model, window=window, max_tokens=max_tokens,
         )
     return Prompt(messages=messages, prompt_tokens=prompt_tokens, history_used=0, history_truncated=False)
 
@@ -146,9 +154,8 @@ def build_prompt(
     Raises MaxTokensTooLarge over the model's ceiling, ContextTooLong when the persona, memory and
     new message alone exceed the budget.
     """
-    _check_max_tokens(model=model, max_tokens=max_tokens)
+    window = _window_for_the_answer(model=model, max_tokens=max_tokens)
     encoding = tokens.encoding_name_for_model(model)
-    window = context_window_for_model(model)
     budget = window - max_tokens
 
     head: list[dict[str, str]] = []
@@ -161,14 +168,13 @@ def build_prompt(
         tokens.count_message_tokens(role=m["role"], content=m["content"], model=model) for m in [*head, tail]
     )
     if used > budget:
-        raise ContextTooLong(
+        raise _too_long(
             _(
                 "The message does not fit in the context window: the persona, memory and new message "
                 "need %(needed)d tokens, but %(model)s has %(window)d tokens of which max_tokens=%(max_tokens)d "
                 "are kept for the answer. Shorten the message or lower max_tokens."
-            )
-            % {"needed": used, "model": model, "window": window, "max_tokens": max_tokens},
-            details={"needed_tokens": used, "context_window": window, "max_tokens": max_tokens},
+            ),
+            needed=used, model=model, window=window, max_tokens=max_tokens,
         )
 
     chosen: list[dict[str, str]] = []
