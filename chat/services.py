@@ -26,7 +26,7 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import IntegrityError, connection, transaction
-from django.db.models import Case, F, Q, Value, When
+from django.db.models import Case, F, Q, QuerySet, Value, When
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
@@ -721,15 +721,21 @@ def usage_record(
 
 
 def usage_prune(*, older_than_days: int) -> tuple[int, datetime]:
-    """Delete usage records older than the cutoff, in batches (a long DELETE would hold locks
-    for its whole length). The roll-ups keep every report whole. Returns (deleted, cutoff)."""
+    """Delete usage records older than the cutoff, in batches. The roll-ups keep every report
+    whole. Returns (deleted, cutoff)."""
     cutoff = timezone.now() - timedelta(days=older_than_days)
+    return delete_in_batches(UsageRecord.objects.filter(created_at__lt=cutoff)), cutoff
+
+
+def delete_in_batches(queryset: QuerySet) -> int:
+    """Delete the rows of `queryset` PRUNE_BATCH_SIZE at a time: one long DELETE would hold its
+    locks (SQLite's whole-database write lock) for its whole length. Returns how many."""
     deleted = 0
     while True:
-        batch = list(UsageRecord.objects.filter(created_at__lt=cutoff).values_list("pk", flat=True)[:PRUNE_BATCH_SIZE])
+        batch = list(queryset.values_list("pk", flat=True)[:PRUNE_BATCH_SIZE])
         if not batch:
-            return deleted, cutoff
-        deleted += UsageRecord.objects.filter(pk__in=batch).delete()[0]
+            return deleted
+        deleted += queryset.model.objects.filter(pk__in=batch).delete()[0]
 
 
 def _usage_daily_add(record: UsageRecord) -> None:
