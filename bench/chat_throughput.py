@@ -40,6 +40,9 @@ import psutil
 import uvloop
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
+# The process helpers the served tests use too (tests/processes.py: standard library and psycopg).
+sys.path.insert(0, str(PROJECT_DIR))
+from tests.processes import free_port, fresh_postgres_database, stop, wait_until_healthy  # noqa: E402
 PYTHON = sys.executable
 POSTGRES_ADMIN_URL = os.environ.get("POSTGRES_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/15")
@@ -242,30 +245,12 @@ def start_fake_upstream(latency_ms: float, *options: str) -> tuple[subprocess.Po
     return process, url, int(host_port.split(":")[1])
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def database_url(kind: str, workdir: Path) -> tuple[str, str, Any]:
     """(DATABASE_URL, description, cleanup)."""
     if kind in ("postgres", "auto"):
         try:
-            import psycopg
-
-            name = f"llmserver_bench_{os.getpid()}"
-            with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True, connect_timeout=3) as admin:
-                admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
-                admin.execute(f'CREATE DATABASE "{name}"')
-
-            def drop() -> None:
-                with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as admin:
-                    admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-            return POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}", "PostgreSQL", drop
+            url, drop = fresh_postgres_database(POSTGRES_ADMIN_URL, f"llmserver_bench_{os.getpid()}")
+            return url, "PostgreSQL", drop
         except Exception as exc:  # noqa: BLE001
             if kind == "postgres":
                 raise SystemExit(f"PostgreSQL is not reachable at {POSTGRES_ADMIN_URL}: {exc}") from exc
@@ -320,17 +305,11 @@ def start_server(env: dict[str, str], port: int) -> subprocess.Popen:
         [PYTHON, "manage.py", "serve", "--port", str(port)], cwd=PROJECT_DIR, env=env,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
-    import urllib.request
-
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/system/health", timeout=1):
-                return process
-        except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit("the server did not start")
-            time.sleep(0.2)
+    try:
+        wait_until_healthy(process, f"http://127.0.0.1:{port}")
+    except RuntimeError as exc:
+        raise SystemExit(str(exc)) from None
+    return process
 
 
 LITELLM_MASTER_KEY = "sk-litellm-bench-" + secrets.token_hex(16)
@@ -362,16 +341,6 @@ def start_litellm(executable: str, upstream_url: str, workdir: Path) -> tuple[su
             if process.poll() is not None or time.monotonic() > deadline:
                 raise SystemExit("LiteLLM's proxy did not start")
             time.sleep(0.3)
-
-
-def stop(*processes: subprocess.Popen) -> None:
-    for process in processes:
-        process.terminate()
-    for process in processes:
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
 
 
 SEED_HISTORY = """

@@ -7,11 +7,9 @@ stopped when the module ends."""
 
 import asyncio
 import os
-import socket
 import sqlite3
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +20,7 @@ import pytest
 
 from tests.conftest import UPSTREAM_TEST_KEY
 from tests.fake_upstream import FakeUpstream
+from tests.processes import free_port, fresh_postgres_database, stop, wait_until_healthy
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 STARTUP_TIMEOUT_SECONDS = 30
@@ -44,12 +43,6 @@ class Served:
     def rows(self, sql: str) -> list[tuple]:
         with sqlite3.connect(self.database) as connection:
             return connection.execute(sql).fetchall()
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _manage(*args: str, env: dict[str, str]) -> str:
@@ -80,7 +73,7 @@ def serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
 
     def start(**extra_env: str) -> Served:
         workdir = tmp_path_factory.mktemp("served")
-        port = _free_port()
+        port = free_port()
         env = {name: value for name, value in os.environ.items() if not name.startswith(("OPENAI_", "LLM_"))}
         env.update(
             DJANGO_ENV="development",
@@ -100,44 +93,24 @@ def serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
         )
         processes.append(process)
         base_url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
-        while True:
-            assert process.poll() is None, "the server exited during start-up"
-            try:
-                if httpx.get(f"{base_url}/api/v1/system/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the server did not start in time"
-            time.sleep(0.2)
+        wait_until_healthy(process, base_url, timeout_seconds=STARTUP_TIMEOUT_SECONDS)
         return Served(
             base_url=base_url, api_key=api_key, database=workdir / "db.sqlite3", log_file=workdir / "app.log", env=env
         )
 
     yield start
-    for process in processes:
-        process.terminate()
-    for process in processes:
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
+    stop(*processes)
 
 
 @pytest.fixture(scope="module")
 def postgres_url() -> Iterator[str]:
     """A fresh PostgreSQL database for a served test, dropped afterwards; skipped without PostgreSQL."""
-    name = f"llmserver_e2e_{os.getpid()}"
     try:
-        admin = psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True, connect_timeout=3)
+        url, drop = fresh_postgres_database(POSTGRES_ADMIN_URL, f"llmserver_e2e_{os.getpid()}")
     except psycopg.OperationalError:
         pytest.skip("PostgreSQL is not running on 127.0.0.1:5432")
-    with admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
-        admin.execute(f'CREATE DATABASE "{name}"')
-    yield POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    yield url
+    drop()
 
 
 @pytest.fixture(scope="module")

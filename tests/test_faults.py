@@ -20,7 +20,8 @@ import pytest
 
 from tests.conftest import UPSTREAM_TEST_KEY
 from tests.fake_upstream import Behaviour, FakeUpstream
-from tests.served import Served, _free_port
+from tests.processes import free_port
+from tests.served import Served
 from tests.test_streaming import stream_chat
 
 pytestmark = pytest.mark.e2e
@@ -178,7 +179,7 @@ def test_fault(served: Served, upstream: FakeUpstream, fault: Fault) -> None:
 def test_connection_refused_is_retried_then_503(serve, database_env: dict[str, str]) -> None:
     """Nothing listens on upstream's port: the request never reached upstream, so it is retried."""
     served = serve(
-        OPENAI_BASE_URL=f"http://127.0.0.1:{_free_port()}/v1", OPENAI_API_KEY=UPSTREAM_TEST_KEY,
+        OPENAI_BASE_URL=f"http://127.0.0.1:{free_port()}/v1", OPENAI_API_KEY=UPSTREAM_TEST_KEY,
         LLM_TIMEOUT_SECONDS=str(TIMEOUT_SECONDS), LLM_MAX_RETRIES=str(MAX_RETRIES), **database_env,
     )
     started = time.monotonic()

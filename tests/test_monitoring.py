@@ -8,7 +8,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 from typing import Any
 
 import httpx
@@ -20,7 +19,8 @@ from monitoring.logs import JsonFormatter
 from monitoring.logs import RequestIdFilter
 from tests.conftest import UPSTREAM_TEST_KEY, Persona, metric
 from tests.fake_upstream import FakeUpstream
-from tests.served import PROJECT_DIR, Served, _free_port, _manage
+from tests.processes import free_port, stop, wait_until_healthy
+from tests.served import PROJECT_DIR, Served, _manage
 
 REQUEST_ID = re.compile(r"^[0-9a-f]{32}$")
 
@@ -108,7 +108,7 @@ def test_ready_says_200_when_the_database_cache_and_migrations_are_in_order(db: 
 
 def test_ready_says_503_naming_an_unreachable_cache(db: None, settings: Any) -> None:
     settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache",
-                                   "LOCATION": f"redis://127.0.0.1:{_free_port()}/0"}}
+                                   "LOCATION": f"redis://127.0.0.1:{free_port()}/0"}}
 
     response = APIClient().get("/api/v1/system/ready")
 
@@ -120,24 +120,17 @@ def test_ready_says_503_naming_an_unreachable_cache(db: None, settings: Any) -> 
 
 @pytest.mark.e2e
 def test_ready_says_503_naming_pending_migrations_on_an_unmigrated_database(tmp_path: Any) -> None:
-    port = _free_port()
+    port = free_port()
     env = {**{k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "LLM_", "DATABASE"))},
            "DJANGO_ENV": "development", "DATABASE_URL": f"sqlite:///{tmp_path / 'empty.sqlite3'}",
            "LOG_FILE": str(tmp_path / "app.log"), "SERVER_PORT": str(port), "WEB_CONCURRENCY": "1"}
     process = subprocess.Popen([sys.executable, "manage.py", "serve"], cwd=PROJECT_DIR, env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                response = httpx.get(f"http://127.0.0.1:{port}/api/v1/system/ready", timeout=5)
-                break
-            except httpx.TransportError:
-                assert time.monotonic() < deadline and process.poll() is None
-                time.sleep(0.2)
+        wait_until_healthy(process, f"http://127.0.0.1:{port}")
+        response = httpx.get(f"http://127.0.0.1:{port}/api/v1/system/ready", timeout=5)
     finally:
-        process.terminate()
-        process.wait(timeout=15)
+        stop(process)
 
     assert response.status_code == 503
     details = response.json()["details"]
