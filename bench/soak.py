@@ -484,6 +484,12 @@ def report_usage(run: Run, checks: Checks) -> None:
     else:
         checks.add("the fake received one call per record", fake["chat_completions"] == total,
                    f"{fake['chat_completions']} calls, {total} records")
+    if fake["chat_completions"] != total:
+        calls_by_request = Counter(call["request_id"] for call in fake["calls"])
+        show_evidence([a for a in answers if a.record is not None and a.request_id not in calls_by_request],
+                      run.log_file, "turns with a usage record that the fake never received")
+        show_evidence([a for a in answers if calls_by_request[a.request_id] > 1],
+                      run.log_file, "turns the fake received more than once")
 
     _, prompt, completion, estimated = records.get((SUCCESS, ""), (0, 0, 0, 0))
     successes = [a for a in answers if a.record == (SUCCESS, "") and a.usage]
