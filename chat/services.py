@@ -26,11 +26,11 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import IntegrityError, connection, transaction
-from django.db.models import Case, F, Q, QuerySet, Value, When
+from django.db.models import Q, QuerySet
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
-from chat import crypto, keys, limits, selectors, tokens
+from chat import crypto, keys, limits, rows, selectors, tokens
 from chat.context import Prompt, build_prompt, fixed_prompt
 from chat.models import (
     ApiKey,
@@ -469,6 +469,31 @@ def _check_model(*, api_key: ApiKey, model: str, key_source: str) -> None:
             )
 
 
+def _session_leased(*, api_key: ApiKey, turn: ChatTurnInput, now: datetime) -> ChatSession:
+    """The turn's session with its lease taken: an existing one in a single UPDATE; else a new
+    one, created leased. Raises SessionBusy when another turn holds the session's lease."""
+    public_id = turn.session_id or new_session_public_id()
+    session = rows.session_lease(
+        api_key_id=api_key.pk, public_id=public_id, now=now, expired_before=now - turn_lease()
+    )
+    if session is not None:
+        return session
+    session, created = ChatSession.objects.get_or_create(
+        api_key=api_key,
+        public_id=public_id,
+        defaults={
+            "model": turn.model or model_default_for(api_key),
+            "title": _title_from(turn.user_message),
+            "turn_started_at": now,
+        },
+    )
+    if not created:
+        # It exists, so the UPDATE above found its lease held (or it was created, and leased,
+        # by another request a moment ago).
+        raise SessionBusy(details={"session_id": public_id}, retry_after=1)
+    return session
+
+
 def chat_turn_begin(
     *, api_key: ApiKey, turn: ChatTurnInput, key_source: str = UsageRecord.KeySource.DEFAULT
 ) -> PreparedTurn:
@@ -481,19 +506,8 @@ def chat_turn_begin(
     now = timezone.now()
     warnings: list[str] = []
     with transaction.atomic():
-        session, _created = ChatSession.objects.get_or_create(
-            api_key=api_key,
-            public_id=turn.session_id or new_session_public_id(),
-            defaults={"model": turn.model or model_default_for(api_key), "title": _title_from(turn.user_message)},
-        )
+        session = _session_leased(api_key=api_key, turn=turn, now=now)
         _check_model(api_key=api_key, model=turn.model or session.model, key_source=key_source)
-        leased = (
-            ChatSession.objects.filter(pk=session.pk)
-            .filter(Q(turn_started_at__isnull=True) | Q(turn_started_at__lt=now - turn_lease()))
-            .update(turn_started_at=now)
-        )
-        if not leased:
-            raise SessionBusy(details={"session_id": session.public_id}, retry_after=1)
 
         changed: list[str] = []
         if turn.system_prompt and turn.system_prompt != session.system_prompt:
@@ -544,7 +558,7 @@ def chat_turn_begin(
             status=Message.Status.PENDING,
         )
         user_message.model = session.model
-        user_message.save()
+        rows.insert(user_message)
     return PreparedTurn(
         api_key_id=api_key.pk,
         session_pk=session.pk,
@@ -625,19 +639,19 @@ def chat_turn_complete(
     )
     answer.model = completion.model
     with transaction.atomic():
-        session_exists = _end_session_turn(
-            turn,
-            prompt_tokens_total=F("prompt_tokens_total") + completion.prompt_tokens,
-            completion_tokens_total=F("completion_tokens_total") + completion.completion_tokens,
+        session_exists = rows.session_end_turn(
+            session_pk=turn.session_pk, lease_started_at=turn.lease_started_at, now=timezone.now(),
+            prompt_tokens=completion.prompt_tokens, completion_tokens=completion.completion_tokens,
         )
+        if session_exists:
+            rows.message_set_status(message_id=turn.user_message_id, status=status, error_code=cut_short_by)
+            rows.insert(answer)
+        # Last: see _record_usage.
         _record_usage(
             turn=turn, completion=completion, latency_ms=latency_ms,
             outcome=UsageRecord.Outcome.PARTIAL if cut_short_by else UsageRecord.Outcome.SUCCESS,
             error_code=cut_short_by, session_exists=session_exists,
         )
-        if session_exists:
-            Message.objects.filter(pk=turn.user_message_id).update(status=status, error_code=cut_short_by)
-            answer.save()
     if not session_exists:
         # Deleted while upstream answered (possible only once the lease had run out): the tokens
         # were spent all the same, so they were recorded above, against no session.
@@ -648,30 +662,16 @@ def chat_turn_complete(
     return answer
 
 
-def _end_session_turn(turn: PreparedTurn, **changes: Any) -> bool:
-    """Release the turn's lease and apply `changes` to the session, in one UPDATE that also locks
-    the row for the rest of the transaction. False when the session is gone (deleted while
-    upstream answered, possible only once the lease had run out).
-
-    Only this turn's own lease is released: if it ran out and another turn took the session
-    since, that turn's lease stays.
-    """
-    return bool(
-        ChatSession.objects.filter(pk=turn.session_pk).update(
-            turn_started_at=Case(
-                When(turn_started_at=turn.lease_started_at, then=Value(None)), default=F("turn_started_at")
-            ),
-            updated_at=timezone.now(),
-            **changes,
-        )
-    )
-
-
 def _record_usage(
     *, turn: PreparedTurn, completion: Completion | None, latency_ms: int, outcome: str,
     error_code: str = "", session_exists: bool = True,
 ) -> None:
-    """Record the call and settle the turn's reservations to what it used."""
+    """Record the call and settle the turn's reservations to what it used.
+
+    Always the last writes of a turn's transaction: the roll-up rows (and the limit counters) are
+    shared by every turn of a key, and each turn holds their row locks from its UPDATE until it
+    commits. Written first, they made a key's concurrent turns queue for the whole of each
+    other's transactions (bench/chat_throughput.py: 8 clients no faster than one)."""
     record = usage_record(
         api_key_id=turn.api_key_id,
         session_pk=turn.session_pk if session_exists else None,
@@ -702,7 +702,7 @@ def usage_record(
     # No savepoint when called inside a turn's transaction (it would cost two more statements
     # per call); a transaction of its own when called alone.
     with transaction.atomic(savepoint=False):
-        record = UsageRecord.objects.create(
+        record = UsageRecord(
             api_key_id=api_key_id,
             session_id=session_pk,
             model=model,
@@ -716,6 +716,7 @@ def usage_record(
             outcome=outcome,
             error_code=error_code,
         )
+        rows.insert(record)
         _usage_daily_add(record)
     return record
 
@@ -788,7 +789,9 @@ def chat_turn_fail(
                           outcome=UsageRecord.Outcome.FAILED, error_code=error_code)
         return
     with transaction.atomic():
-        session_exists = _end_session_turn(turn)
-        Message.objects.filter(pk=turn.user_message_id).update(status=Message.Status.FAILED, error_code=error_code)
+        session_exists = rows.session_end_turn(
+            session_pk=turn.session_pk, lease_started_at=turn.lease_started_at, now=timezone.now()
+        )
+        rows.message_set_status(message_id=turn.user_message_id, status=Message.Status.FAILED, error_code=error_code)
         _record_usage(turn=turn, completion=completion, latency_ms=latency_ms, outcome=UsageRecord.Outcome.FAILED,
                       error_code=error_code, session_exists=session_exists)
