@@ -39,6 +39,18 @@ def test_cost_comes_from_the_longest_matching_price(alice: Persona) -> None:
     assert local.cost == Decimal("0")
 
 
+def test_a_price_prefix_matches_only_itself(alice: Persona) -> None:
+    # `_` and `%` are LIKE's wildcards and SQLite's LIKE ignores case: neither may widen a prefix.
+    ModelPrice.objects.create(model_prefix="my_model", input_per_million=Decimal("1"), output_per_million=Decimal("1"))
+    ModelPrice.objects.create(model_prefix="100%", input_per_million=Decimal("2"), output_per_million=Decimal("2"))
+
+    assert record(alice, model="my_model-v2").cost == Decimal("0.00150000")
+    assert record(alice, model="myXmodel-v2").cost == Decimal("0")
+    assert record(alice, model="MY_MODEL-v2").cost == Decimal("0")
+    assert record(alice, model="100%-sure").cost == Decimal("0.00300000")
+    assert record(alice, model="1000-sure").cost == Decimal("0")
+
+
 def test_a_changed_price_applies_to_later_calls_only(alice: Persona) -> None:
     before = record(alice)
     ModelPrice.objects.filter(model_prefix="gpt-4o-mini").update(input_per_million=Decimal("1"))
