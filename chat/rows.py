@@ -10,12 +10,13 @@ PostgreSQL alike (both have RETURNING). Everything off the turn's path keeps usi
 
 import functools
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 from django.db import connection
 from django.db.models import Field, Model
 
-from chat.models import ChatSession, Message
+from chat.models import ChatSession, Message, ModelPrice
 
 
 def _quote(name: str) -> str:
@@ -162,3 +163,28 @@ def history_page(*, session_pk: int, status: str, before_id: int | None, size: i
         cursor.execute(_history_statement(before=before_id is not None), params)
         return cursor.fetchall()
 
+
+
+# --- Prices -------------------------------------------------------------------------------------
+
+@functools.cache
+def _price_statement() -> str:
+    prefix = _column(ModelPrice, "model_prefix")
+    # As text, read exactly: SQLite keeps decimals as floats.
+    return (
+        f"SELECT CAST({_column(ModelPrice, 'input_per_million')} AS TEXT), "
+        f"CAST({_column(ModelPrice, 'output_per_million')} AS TEXT) FROM {_table(ModelPrice)} "
+        f"WHERE substr(%s, 1, length({prefix})) = {prefix} ORDER BY length({prefix}) DESC LIMIT 1"
+    )
+
+
+def price_per_million(*, model: str) -> tuple[Decimal, Decimal] | None:
+    """(input, output) USD per million tokens of the price whose prefix is the longest that
+    `model` starts with, chosen by the database: one row read per call keeps prices current in
+    every worker, with no cache to invalidate (reading the whole table and choosing here cost
+    0.5 ms a call). The prefix is compared as a prefix, not as a LIKE pattern, so that `_` or `%`
+    in it match only themselves, and case counts on SQLite too. None when no price matches."""
+    with connection.cursor() as cursor:
+        cursor.execute(_price_statement(), [model])
+        row = cursor.fetchone()
+    return None if row is None else (Decimal(row[0]), Decimal(row[1]))

@@ -1,4 +1,5 @@
-"""Reads. Every query that runs on a chat turn is here, next to the index that serves it."""
+"""Reads, each next to the index that serves it. (The statements on a chat turn's own path are
+written out in rows.py.)"""
 
 from collections.abc import Iterator
 from datetime import date
@@ -12,7 +13,7 @@ from django.utils import timezone
 from chat import keys
 from chat import rows as rows_sql
 from chat.context import HistoryMessage
-from chat.models import ApiKey, ChatSession, Message, ModelPrice, UsageDaily, UsageDailyTotal, UsageRecord
+from chat.models import ApiKey, ChatSession, Message, UsageDaily, UsageDailyTotal, UsageRecord
 from llmserver.errors import ApiKeyNotFound, SessionNotFound
 
 # History is read newest first in pages of this size, only as far as the context budget reaches.
@@ -85,30 +86,17 @@ def usage_list_for_session(*, session: ChatSession) -> QuerySet[UsageRecord]:
     return UsageRecord.objects.filter(session=session).order_by("id")
 
 
-def model_price_for(*, model: str) -> ModelPrice | None:
-    """The price whose prefix is the longest that `model` starts with, chosen by the database:
-    one row read per call keeps prices current in every worker, with no cache to invalidate
-    (reading the whole table and choosing here cost 0.5 ms a call). Runs on every turn, so the
-    query is written out (`raw`: no QuerySet to build); the prefix is compared as a prefix, not as
-    a LIKE pattern, so that `_` or `%` in a model's name match only themselves."""
-    table = ModelPrice._meta.db_table
-    return next(iter(ModelPrice.objects.raw(
-        f"SELECT * FROM {table} WHERE substr(%s, 1, length(model_prefix)) = model_prefix "
-        "ORDER BY length(model_prefix) DESC LIMIT 1",
-        [model],
-    )), None)
-
-
 # Costs are kept to a hundred-millionth of a dollar: a token of the cheapest model still counts.
 COST_QUANTUM = Decimal("0.00000001")
 
 
 def usage_cost(*, model: str, prompt_tokens: int, completion_tokens: int) -> Decimal:
     """What a call costs in USD at the model's current price; 0 when no price matches."""
-    price = model_price_for(model=model)
+    price = rows_sql.price_per_million(model=model)
     if price is None:
         return Decimal(0)
-    cost = (prompt_tokens * price.input_per_million + completion_tokens * price.output_per_million) / 1_000_000
+    input_per_million, output_per_million = price
+    cost = (prompt_tokens * input_per_million + completion_tokens * output_per_million) / 1_000_000
     return cost.quantize(COST_QUANTUM)
 
 
