@@ -6,7 +6,9 @@ or a missing host list, with a sentence saying what to set.  Each setting is doc
 README.md and `.env.example`.
 """
 
+import math
 from pathlib import Path
+from typing import Any
 
 import environ
 from cryptography.fernet import Fernet
@@ -19,6 +21,23 @@ env = environ.Env()
 # A local `.env` is a convenience for development; real deployments set the environment.
 # Variables already in the environment win over the file.
 environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
+
+
+def _number(name: str, default: int | float, *, minimum: int | float, maximum: int | float | None = None) -> Any:
+    """The variable `name` as a number of `default`'s type, within [minimum, maximum]. Anything
+    else stops start-up with a sentence naming the variable: a negative retry count or timeout
+    would otherwise pass unnoticed and fail every chat, and a typo would be a bare ValueError."""
+    cast = type(default)
+    try:
+        value = env(name, cast=cast, default=default)
+    except ValueError:
+        value = None
+    if value is None or not math.isfinite(value) or value < minimum or (maximum is not None and value > maximum):
+        kind = "a whole number" if cast is int else "a number"
+        bounds = f"at least {minimum}" if maximum is None else f"from {minimum} to {maximum}"
+        raise ImproperlyConfigured(f"{name} must be {kind} {bounds}, not {env.str(name, default='')!r}.")
+    return value
+
 
 DJANGO_ENV = env.str("DJANGO_ENV", default="development")
 if DJANGO_ENV not in ("development", "production"):
@@ -128,7 +147,7 @@ SILENCED_SYSTEM_CHECKS = ["security.W001", "security.W002", "security.W003"]
 # or METRICS_PUBLIC; publish it through the TLS proxy only).
 SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=IS_PRODUCTION)
 SECURE_REDIRECT_EXEMPT = [r"^api/v1/system/(health|ready)$", r"^metrics$"]
-SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=31536000 if IS_PRODUCTION else 0)
+SECURE_HSTS_SECONDS = _number("SECURE_HSTS_SECONDS", 31536000 if IS_PRODUCTION else 0, minimum=0)
 SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=IS_PRODUCTION)
 SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=IS_PRODUCTION)
 SESSION_COOKIE_SECURE = IS_PRODUCTION
@@ -166,7 +185,7 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"].setdefault("OPTIONS", {}).update(
         {
             "transaction_mode": "IMMEDIATE",
-            "timeout": env.int("SQLITE_BUSY_TIMEOUT_SECONDS", default=20),
+            "timeout": _number("SQLITE_BUSY_TIMEOUT_SECONDS", 20, minimum=0),
             "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
         }
     )
@@ -176,11 +195,12 @@ elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     # thread until PostgreSQL refuses more. A pool per worker process bounds them instead, and
     # saves the connect on every request.
     DATABASES["default"]["CONN_MAX_AGE"] = 0
+    _pool_min_size = _number("DATABASE_POOL_MIN_SIZE", 2, minimum=0)
     DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
-        "min_size": env.int("DATABASE_POOL_MIN_SIZE", default=2),
-        "max_size": env.int("DATABASE_POOL_MAX_SIZE", default=10),
+        "min_size": _pool_min_size,
+        "max_size": _number("DATABASE_POOL_MAX_SIZE", max(10, _pool_min_size), minimum=max(1, _pool_min_size)),
         # A request that cannot get a connection in this time fails rather than waits forever.
-        "timeout": env.float("DATABASE_POOL_TIMEOUT_SECONDS", default=10.0),
+        "timeout": _number("DATABASE_POOL_TIMEOUT_SECONDS", 10.0, minimum=0.001),
     }
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
@@ -219,19 +239,19 @@ STATIC_ROOT = BASE_DIR / "staticfiles"
 
 # --- Request limits -------------------------------------------------------------------------
 # Bodies above this size get 413 before they are read (llmserver/body_limit.py).
-MAX_REQUEST_BYTES = env.int("MAX_REQUEST_BYTES", default=1024 * 1024)
+MAX_REQUEST_BYTES = _number("MAX_REQUEST_BYTES", 1024 * 1024, minimum=1)
 DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_REQUEST_BYTES
-CHAT_MAX_MESSAGE_CHARS = env.int("CHAT_MAX_MESSAGE_CHARS", default=100_000)
-CHAT_MAX_MEMORY_FACTS = env.int("CHAT_MAX_MEMORY_FACTS", default=100)
-CHAT_MAX_HISTORY_IMPORT = env.int("CHAT_MAX_HISTORY_IMPORT", default=500)
+CHAT_MAX_MESSAGE_CHARS = _number("CHAT_MAX_MESSAGE_CHARS", 100_000, minimum=1)
+CHAT_MAX_MEMORY_FACTS = _number("CHAT_MAX_MEMORY_FACTS", 100, minimum=0)
+CHAT_MAX_HISTORY_IMPORT = _number("CHAT_MAX_HISTORY_IMPORT", 500, minimum=0)
 
 # --- Serving --------------------------------------------------------------------------------
 SERVER_HOST = env.str("SERVER_HOST", default="127.0.0.1")
-SERVER_PORT = env.int("SERVER_PORT", default=5601)
-WEB_CONCURRENCY = env.int("WEB_CONCURRENCY", default=1)
+SERVER_PORT = _number("SERVER_PORT", 5601, minimum=1, maximum=65535)
+WEB_CONCURRENCY = _number("WEB_CONCURRENCY", 1, minimum=1)
 ACCESS_LOG = env.bool("ACCESS_LOG", default=True)
 FORWARDED_ALLOW_IPS = env.str("FORWARDED_ALLOW_IPS", default="127.0.0.1")
-GRACEFUL_SHUTDOWN_SECONDS = env.int("GRACEFUL_SHUTDOWN_SECONDS", default=30)
+GRACEFUL_SHUTDOWN_SECONDS = _number("GRACEFUL_SHUTDOWN_SECONDS", 30, minimum=0)
 
 # --- Upstream model -------------------------------------------------------------------------
 OPENAI_API_KEY = env.str("OPENAI_API_KEY", default="")
@@ -239,8 +259,8 @@ OPENAI_BASE_URL = env.str("OPENAI_BASE_URL", default="")
 # With neither set, the offline provider answers (see chat/providers/offline.py).
 # Empty means gpt-4o-mini with an upstream, `offline` without (chat.providers.default_model).
 LLM_DEFAULT_MODEL = env.str("LLM_DEFAULT_MODEL", default="")
-LLM_TIMEOUT_SECONDS = env.float("LLM_TIMEOUT_SECONDS", default=60.0)
-LLM_MAX_RETRIES = env.int("LLM_MAX_RETRIES", default=2)
+LLM_TIMEOUT_SECONDS = _number("LLM_TIMEOUT_SECONDS", 60.0, minimum=0.001)
+LLM_MAX_RETRIES = _number("LLM_MAX_RETRIES", 2, minimum=0)
 
 
 def _tokens_by_model_prefix(name: str) -> dict[str, int]:
@@ -256,24 +276,24 @@ def _tokens_by_model_prefix(name: str) -> dict[str, int]:
 # by name prefix: `LLM_CONTEXT_WINDOWS=llama3=8192;qwen2.5=32768` (django-environ separates
 # typed dict entries with semicolons); the default covers everything else.
 LLM_CONTEXT_WINDOWS = _tokens_by_model_prefix("LLM_CONTEXT_WINDOWS")
-LLM_DEFAULT_CONTEXT_WINDOW = env.int("LLM_DEFAULT_CONTEXT_WINDOW", default=8192)
+LLM_DEFAULT_CONTEXT_WINDOW = _number("LLM_DEFAULT_CONTEXT_WINDOW", 8192, minimum=1)
 # The most a turn may ask a model to write (`max_tokens`), the same way: operator table, built-in
 # table (chat/context.py), default. A larger request is refused before it costs anything.
 LLM_MAX_OUTPUT_TOKENS = _tokens_by_model_prefix("LLM_MAX_OUTPUT_TOKENS")
-LLM_DEFAULT_MAX_OUTPUT_TOKENS = env.int("LLM_DEFAULT_MAX_OUTPUT_TOKENS", default=4096)
+LLM_DEFAULT_MAX_OUTPUT_TOKENS = _number("LLM_DEFAULT_MAX_OUTPUT_TOKENS", 4096, minimum=1)
 # free_mode checks a caller's own upstream key with one cheap call and remembers the verdict this
 # long, under a keyed hash of the key (never the key itself).
-BYOK_VERDICT_CACHE_SECONDS = env.int("BYOK_VERDICT_CACHE_SECONDS", default=300)
+BYOK_VERDICT_CACHE_SECONDS = _number("BYOK_VERDICT_CACHE_SECONDS", 300, minimum=0)
 
 # --- Limits ---------------------------------------------------------------------------------
 # Server-wide defaults for keys that set none of their own; 0 means no limit.
-LIMIT_REQUESTS_PER_MINUTE = env.int("LIMIT_REQUESTS_PER_MINUTE", default=0)
-LIMIT_TOKENS_PER_DAY = env.int("LIMIT_TOKENS_PER_DAY", default=0)
-LIMIT_MONTHLY_BUDGET_USD = env.float("LIMIT_MONTHLY_BUDGET_USD", default=0.0)
+LIMIT_REQUESTS_PER_MINUTE = _number("LIMIT_REQUESTS_PER_MINUTE", 0, minimum=0)
+LIMIT_TOKENS_PER_DAY = _number("LIMIT_TOKENS_PER_DAY", 0, minimum=0)
+LIMIT_MONTHLY_BUDGET_USD = _number("LIMIT_MONTHLY_BUDGET_USD", 0.0, minimum=0)
 
 # --- Client keys ----------------------------------------------------------------------------
 # `last_used_at` is written at most this often per key, not on every request.
-API_KEY_LAST_USED_INTERVAL_SECONDS = env.int("API_KEY_LAST_USED_INTERVAL_SECONDS", default=60)
+API_KEY_LAST_USED_INTERVAL_SECONDS = _number("API_KEY_LAST_USED_INTERVAL_SECONDS", 60, minimum=0)
 
 # --- REST framework -------------------------------------------------------------------------
 REST_FRAMEWORK = {

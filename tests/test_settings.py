@@ -109,6 +109,43 @@ def test_malformed_context_windows_stop_start_up_with_a_sentence() -> None:
     assert "LLM_CONTEXT_WINDOWS must be model=tokens pairs separated by semicolons" in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("variable", "value", "sentence"),
+    [
+        # Taken as it was, a negative retry count left the provider no attempt to make: every chat failed.
+        ("LLM_MAX_RETRIES", "-1", "LLM_MAX_RETRIES must be a whole number at least 0, not '-1'."),
+        ("LLM_MAX_RETRIES", "two", "LLM_MAX_RETRIES must be a whole number at least 0, not 'two'."),
+        ("LLM_TIMEOUT_SECONDS", "0", "LLM_TIMEOUT_SECONDS must be a number at least 0.001, not '0'."),
+        ("LLM_TIMEOUT_SECONDS", "nan", "LLM_TIMEOUT_SECONDS must be a number at least 0.001, not 'nan'."),
+        ("MAX_REQUEST_BYTES", "-5", "MAX_REQUEST_BYTES must be a whole number at least 1, not '-5'."),
+        ("SERVER_PORT", "70000", "SERVER_PORT must be a whole number from 1 to 65535, not '70000'."),
+        ("WEB_CONCURRENCY", "1.5", "WEB_CONCURRENCY must be a whole number at least 1, not '1.5'."),
+        ("LIMIT_MONTHLY_BUDGET_USD", "-10", "LIMIT_MONTHLY_BUDGET_USD must be a number at least 0, not '-10'."),
+    ],
+)
+def test_an_out_of_range_number_stops_start_up_naming_the_variable(variable: str, value: str, sentence: str) -> None:
+    result = load_settings(**{variable: value})
+
+    assert result.returncode != 0
+    assert sentence in result.stderr
+
+
+def test_a_pool_smaller_than_its_minimum_stops_start_up() -> None:
+    result = load_settings(
+        DATABASE_URL="postgres://postgres@127.0.0.1:5432/postgres", DATABASE_POOL_MIN_SIZE="12",
+        DATABASE_POOL_MAX_SIZE="5",
+    )
+
+    assert result.returncode != 0
+    assert "DATABASE_POOL_MAX_SIZE must be a whole number at least 12, not '5'." in result.stderr
+
+
+def test_numbers_in_range_are_read_with_their_type() -> None:
+    result = load_settings("LLM_MAX_RETRIES, settings.LLM_TIMEOUT_SECONDS", LLM_MAX_RETRIES="0", LLM_TIMEOUT_SECONDS="2")
+
+    assert result.stdout.strip() == "0 2.0", result.stderr
+
+
 def test_redis_url_selects_the_shared_redis_cache() -> None:
     result = load_settings("CACHES['default']['BACKEND']", REDIS_URL="redis://127.0.0.1:6379/0")
 
