@@ -10,7 +10,8 @@ it takes as little as possible of the two cores from the server).
 Prints, each measured side by side in one run:
 1. added latency, one client at a time: the server's p50/p99 minus the fake upstream's when
    called directly with the same kind of request;
-2. requests per second at 8 and 32 concurrent clients (and the upstream called directly);
+2. requests per second at 8 and 32 concurrent clients (and the upstream called directly), with
+   the server's CPU time per chat and how busy it kept its processes;
 3. added time to first token of a stream (first `delta` event vs the upstream's first chunk);
 4. 1,000 concurrent streaming chats against an upstream that takes 5 s: completed, errors, peak
    memory of the server's processes;
@@ -201,6 +202,20 @@ async def run_load(target: Target, *, clients: int, requests: int | None = None,
 
 
 # --- Processes ----------------------------------------------------------------------------------
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) used so far by a process and its children that are alive: the
+    server's workers (whose own threads' time is included even once those threads have ended)."""
+    root = psutil.Process(pid)
+    total = 0.0
+    for process in (root, *root.children(recursive=True)):
+        try:
+            times = process.cpu_times()
+        except psutil.Error:
+            continue
+        total += times.user + times.system
+    return total
 
 
 class MemoryWatch:
@@ -438,12 +453,17 @@ async def bench(args: argparse.Namespace, workdir: Path) -> None:
 
         print(f"\n2. Throughput, {args.seconds:.0f} s per level (target >= 5x LiteLLM's; its issue measured 56-72 req/s)")
         for clients in (8, 32):
+            cpu_before = cpu_seconds(server.pid)
             with MemoryWatch(server.pid) as memory:
                 loaded = await run_load(server_chat(), clients=clients, seconds=args.seconds)
+            server_cpu = cpu_seconds(server.pid) - cpu_before
             alone = await run_load(direct(), clients=clients, seconds=min(args.seconds, 5))
             line(f"{clients} clients: server req/s (upstream alone)", f"{loaded.rps:.0f} ({alone.rps:.0f})")
             line(f"{clients} clients: p50 / p99, errors, peak server memory",
                  f"{loaded.p(50):.1f} / {loaded.p(99):.1f} ms, {loaded.errors} errors, {memory.peak / 2**20:.0f} MiB")
+            # What bounds the figure above: a worker busy all the time is at 100% of a core.
+            line(f"{clients} clients: server CPU per chat; busy (100% = one core)",
+                 f"{server_cpu / max(loaded.count, 1) * 1000:.1f} ms; {server_cpu / loaded.elapsed * 100:.0f}%")
             for sample in loaded.error_samples:
                 line("  error sample", sample[:200])
             if litellm is not None:
