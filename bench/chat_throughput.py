@@ -11,7 +11,8 @@ Prints, each measured side by side in one run:
 1. added latency, one client at a time: the server's p50/p99 minus the fake upstream's when
    called directly with the same kind of request;
 2. requests per second at 8 and 32 concurrent clients (and the upstream called directly), with
-   the server's CPU time per chat and how busy it kept its processes;
+   the server's CPU time per chat and how busy it kept its processes; and the same for
+   /v1/chat/completions without a session (LiteLLM's kind of call: nothing kept but usage);
 3. added time to first token of a stream (first `delta` event vs the upstream's first chunk);
 4. 1,000 concurrent streaming chats against an upstream that takes 5 s: completed, errors, peak
    memory of the server's processes;
@@ -409,6 +410,10 @@ async def bench(args: argparse.Namespace, workdir: Path) -> None:
                 "max_tokens": 200, "stream": stream,
             })
 
+        def server_openai() -> Target:
+            body = {"model": MODEL, "messages": [{"role": "user", "content": USER_MESSAGE}], "max_tokens": 200}
+            return Target("127.0.0.1", port, "/v1/chat/completions", auth, lambda c, n: body)
+
         def direct(stream: bool = False) -> Target:
             body = {"model": MODEL, "messages": [{"role": "user", "content": USER_MESSAGE}], "max_tokens": 200}
             if stream:
@@ -418,6 +423,7 @@ async def bench(args: argparse.Namespace, workdir: Path) -> None:
 
         # Warm both up (connections, pools, code paths).
         await run_load(server_chat(), clients=8, requests=200)
+        await run_load(server_openai(), clients=8, requests=200)
         await run_load(direct(), clients=8, requests=200)
 
         print("\n1. Added latency, one client at a time "
@@ -466,10 +472,18 @@ async def bench(args: argparse.Namespace, workdir: Path) -> None:
                  f"{server_cpu / max(loaded.count, 1) * 1000:.1f} ms; {server_cpu / loaded.elapsed * 100:.0f}%")
             for sample in loaded.error_samples:
                 line("  error sample", sample[:200])
+            # LiteLLM's own kind of call: OpenAI's wire format, no conversation kept (only the
+            # usage record is written).
+            cpu_before = cpu_seconds(server.pid)
+            stateless = await run_load(server_openai(), clients=clients, seconds=args.seconds)
+            stateless_cpu = cpu_seconds(server.pid) - cpu_before
+            line(f"{clients} clients: /v1/chat/completions, no session: req/s; CPU per chat",
+                 f"{stateless.rps:.0f}, {stateless.errors} errors; {stateless_cpu / max(stateless.count, 1) * 1000:.1f} ms")
             if litellm is not None:
                 theirs = await run_load(litellm, clients=clients, seconds=args.seconds)
                 line(f"{clients} clients: LiteLLM req/s, p50; ratio server / LiteLLM",
                      f"{theirs.rps:.0f}, {theirs.p(50):.1f} ms, {theirs.errors} errors; {loaded.rps / max(theirs.rps, 1e-9):.2f}x")
+                line(f"{clients} clients: ratio /v1 without a session / LiteLLM", f"{stateless.rps / max(theirs.rps, 1e-9):.2f}x")
 
         print(f"\n3. Streams, one client at a time ({args.requests // 2} streamed chats)")
         stream_alone = await run_load(direct(stream=True), clients=1, requests=args.requests // 2)
