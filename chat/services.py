@@ -469,28 +469,31 @@ def _check_model(*, api_key: ApiKey, model: str, key_source: str) -> None:
             )
 
 
-def _session_leased(*, api_key: ApiKey, turn: ChatTurnInput, now: datetime) -> ChatSession:
-    """The turn's session with its lease taken: an existing one in a single UPDATE; else a new
-    one, created leased. Raises SessionBusy when another turn holds the session's lease."""
-    public_id = turn.session_id or new_session_public_id()
-    session = rows.session_lease(
-        api_key_id=api_key.pk, public_id=public_id, now=now, expired_before=now - turn_lease()
-    )
-    if session is not None:
-        return session
+def _session_leased(*, api_key: ApiKey, turn: ChatTurnInput, now: datetime, key_source: str) -> ChatSession:
+    """The turn's session with its lease taken, and the model checked: an existing session in a
+    single UPDATE; else a new one, created leased. Raises ModelNotAllowed or ModelNotAvailable
+    before SessionBusy (when another turn holds the lease), as for a free session."""
+    if turn.session_id:
+        session = rows.session_lease(
+            api_key_id=api_key.pk, public_id=turn.session_id, now=now, expired_before=now - turn_lease()
+        )
+        if session is not None:
+            _check_model(api_key=api_key, model=turn.model or session.model, key_source=key_source)
+            return session
     session, created = ChatSession.objects.get_or_create(
         api_key=api_key,
-        public_id=public_id,
+        public_id=turn.session_id or new_session_public_id(),
         defaults={
             "model": turn.model or model_default_for(api_key),
             "title": _title_from(turn.user_message),
             "turn_started_at": now,
         },
     )
+    _check_model(api_key=api_key, model=turn.model or session.model, key_source=key_source)
     if not created:
-        # It exists, so the UPDATE above found its lease held (or it was created, and leased,
-        # by another request a moment ago).
-        raise SessionBusy(details={"session_id": public_id}, retry_after=1)
+        # It exists, so the UPDATE above found its lease held (or another request created, and
+        # leased, it a moment ago).
+        raise SessionBusy(details={"session_id": session.public_id}, retry_after=1)
     return session
 
 
@@ -506,8 +509,7 @@ def chat_turn_begin(
     now = timezone.now()
     warnings: list[str] = []
     with transaction.atomic():
-        session = _session_leased(api_key=api_key, turn=turn, now=now)
-        _check_model(api_key=api_key, model=turn.model or session.model, key_source=key_source)
+        session = _session_leased(api_key=api_key, turn=turn, now=now, key_source=key_source)
 
         changed: list[str] = []
         if turn.system_prompt and turn.system_prompt != session.system_prompt:
@@ -668,9 +670,9 @@ def _record_usage(
 ) -> None:
     """Record the call and settle the turn's reservations to what it used.
 
-    Always the last writes of a turn's transaction: the roll-up rows (and the limit counters) are
-    shared by every turn of a key, and each turn holds their row locks from its UPDATE until it
-    commits. Written first, they made a key's concurrent turns wait for the rest of each other's
+    Always the last writes of a turn's transaction: the roll-up rows are shared (the key's by
+    every turn of the key, the all-keys one by every turn of the model), and so are a key's limit
+    counters, and each turn holds their row locks from its UPDATE until it commits. Written first, they made a key's concurrent turns wait for the rest of each other's
     transactions (sampled from pg_stat_activity at 8 clients: a third as many lock waits since)."""
     record = usage_record(
         api_key_id=turn.api_key_id,

@@ -57,6 +57,17 @@ def test_begin_stores_the_question_as_pending_and_takes_the_lease(alice: Persona
     assert Message.objects.count() == 1
 
 
+def test_a_model_the_key_may_not_use_is_refused_as_such_even_while_the_session_is_busy(db: None) -> None:
+    api_key, _ = api_key_create(name="narrow", actor="test", allowed_models=["gpt-4o-mini"])
+    chat_turn_begin(api_key=api_key, turn=ChatTurnInput(user_message="Hi", session_id="s", model="gpt-4o-mini"))
+
+    with pytest.raises(ModelNotAllowed):
+        chat_turn_begin(api_key=api_key, turn=ChatTurnInput(user_message="Again", session_id="s", model="gpt-4o"))
+    with pytest.raises(SessionBusy):
+        chat_turn_begin(api_key=api_key, turn=ChatTurnInput(user_message="Again", session_id="s"))
+    assert Message.objects.count() == 1
+
+
 def test_complete_stores_answer_usage_and_totals_and_releases_the_lease(alice: Persona) -> None:
     prepared = chat_turn_begin(api_key=alice.api_key, turn=ChatTurnInput(user_message="Hi", session_id="s"))
     completion = Completion(
