@@ -26,16 +26,26 @@ environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
 def _number(name: str, default: int | float, *, minimum: int | float, maximum: int | float | None = None) -> Any:
     """The variable `name` as a number of `default`'s type, within [minimum, maximum]. Anything
     else stops start-up with a sentence naming the variable: a negative retry count or timeout
-    would otherwise pass unnoticed and fail every chat, and a typo would be a bare ValueError."""
+    would otherwise pass unnoticed and fail every chat, and a typo would be a bare ValueError.
+    Parsed strictly by Python, not by django-environ, whose float parsing drops what is not a
+    digit (`60s` is 60, `1e3` is 13) and reads a leading `$` as another variable's name."""
+    raw = env.ENVIRON.get(name)
+    if raw is None:
+        return default
     cast = type(default)
     try:
-        value = env(name, cast=cast, default=default)
+        value = cast(raw.strip())
     except ValueError:
         value = None
-    if value is None or not math.isfinite(value) or value < minimum or (maximum is not None and value > maximum):
+    if (
+        value is None
+        or (cast is float and not math.isfinite(value))
+        or value < minimum
+        or (maximum is not None and value > maximum)
+    ):
         kind = "a whole number" if cast is int else "a number"
         bounds = f"at least {minimum}" if maximum is None else f"from {minimum} to {maximum}"
-        raise ImproperlyConfigured(f"{name} must be {kind} {bounds}, not {env.str(name, default='')!r}.")
+        raise ImproperlyConfigured(f"{name} must be {kind} {bounds}, not {raw!r}.")
     return value
 
 
@@ -178,6 +188,14 @@ ASGI_APPLICATION = "llmserver.asgi.application"
 # --- Database -------------------------------------------------------------------------------
 DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}")}
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    import sqlite3
+
+    # A chat turn's statements use RETURNING (chat/rows.py), which SQLite has since 3.35 (2021).
+    if sqlite3.sqlite_version_info < (3, 35):
+        raise ImproperlyConfigured(
+            f"SQLite 3.35 or later is needed; this Python's is {sqlite3.sqlite_version}. "
+            "Use a newer Python build, or PostgreSQL (DATABASE_URL)."
+        )
     # Safe under concurrent writers (several worker processes): WAL lets readers run beside the
     # writer; BEGIN IMMEDIATE takes the write lock at the start of a transaction instead of
     # failing half-way through an upgrade from a read lock; the busy timeout makes a writer
@@ -196,9 +214,14 @@ elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     # saves the connect on every request.
     DATABASES["default"]["CONN_MAX_AGE"] = 0
     _pool_min_size = _number("DATABASE_POOL_MIN_SIZE", 2, minimum=0)
+    _pool_max_size = _number("DATABASE_POOL_MAX_SIZE", 10, minimum=1)
+    if _pool_max_size < _pool_min_size:
+        raise ImproperlyConfigured(
+            f"DATABASE_POOL_MAX_SIZE ({_pool_max_size}) must be at least DATABASE_POOL_MIN_SIZE ({_pool_min_size})."
+        )
     DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
         "min_size": _pool_min_size,
-        "max_size": _number("DATABASE_POOL_MAX_SIZE", max(10, _pool_min_size), minimum=max(1, _pool_min_size)),
+        "max_size": _pool_max_size,
         # A request that cannot get a connection in this time fails rather than waits forever.
         "timeout": _number("DATABASE_POOL_TIMEOUT_SECONDS", 10.0, minimum=0.001),
     }
@@ -259,8 +282,8 @@ OPENAI_BASE_URL = env.str("OPENAI_BASE_URL", default="")
 # With neither set, the offline provider answers (see chat/providers/offline.py).
 # Empty means gpt-4o-mini with an upstream, `offline` without (chat.providers.default_model).
 LLM_DEFAULT_MODEL = env.str("LLM_DEFAULT_MODEL", default="")
-LLM_TIMEOUT_SECONDS = _number("LLM_TIMEOUT_SECONDS", 60.0, minimum=0.001)
-LLM_MAX_RETRIES = _number("LLM_MAX_RETRIES", 2, minimum=0)
+LLM_TIMEOUT_SECONDS = _number("LLM_TIMEOUT_SECONDS", 60.0, minimum=0.001, maximum=86_400)
+LLM_MAX_RETRIES = _number("LLM_MAX_RETRIES", 2, minimum=0, maximum=10)
 
 
 def _tokens_by_model_prefix(name: str) -> dict[str, int]:
