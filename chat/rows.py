@@ -6,7 +6,7 @@ written out, and a worker is CPU-bound: its CPU per turn is what bounds how many
 Written out, a worker served 1.44x the turns (bench/chat_throughput.py, PostgreSQL, 8 clients).
 Here the SQL is made once per model and the values are prepared by the model's own fields, as
 the ORM prepares them, so what is stored is the same. The SQL is plain enough for SQLite and
-PostgreSQL alike (both have RETURNING). Everything off the turn's path keeps using the ORM.
+PostgreSQL alike (SQLite has RETURNING since 3.35, which settings.py requires). Everything off the turn's path keeps using the ORM.
 """
 
 import functools
