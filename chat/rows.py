@@ -81,19 +81,19 @@ def session_lease(*, api_key_id: int, public_id: str, now: datetime, expired_bef
     `expired_before`), and read what a turn needs of it, in one statement. None when there is
     no such session or another turn holds it: the caller tells the two apart.
 
-    The session returned holds only the fields a turn reads (and can save them)."""
+    The session returned holds the fields a turn reads; the others are deferred."""
     with connection.cursor() as cursor:
         cursor.execute(_lease_statement(), [_timestamp(now), api_key_id, public_id, _timestamp(expired_before)])
         row = cursor.fetchone()
     if row is None:
         return None
-    values = dict(zip(_LEASED_SESSION_FIELDS, row))
+    values = dict(zip(_LEASED_SESSION_FIELDS, row), api_key_id=api_key_id, public_id=public_id, turn_started_at=now)
     memory_field = ChatSession._meta.get_field("memory_facts")
     values["memory_facts"] = memory_field.from_db_value(values["memory_facts"], None, connection)
-    session = ChatSession(api_key_id=api_key_id, public_id=public_id, turn_started_at=now, **values)
-    session._state.adding = False
-    session._state.db = connection.alias
-    return session
+    # As the ORM makes a row it read: the fields not read are deferred (loaded if touched, and
+    # not written by save()), never left at their defaults.
+    names = [field.attname for field in ChatSession._meta.concrete_fields if field.attname in values]
+    return ChatSession.from_db(connection.alias, names, [values[name] for name in names])
 
 
 @functools.cache

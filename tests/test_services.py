@@ -8,7 +8,7 @@ import pytest
 from asgiref.sync import async_to_sync
 from django.utils import timezone
 
-from chat import services
+from chat import rows, services
 
 from chat.models import ChatSession, Message, UpstreamCredential, UsageRecord
 from chat.providers import get_provider
@@ -66,6 +66,18 @@ def test_a_model_the_key_may_not_use_is_refused_as_such_even_while_the_session_i
     with pytest.raises(SessionBusy):
         chat_turn_begin(api_key=api_key, turn=ChatTurnInput(user_message="Again", session_id="s"))
     assert Message.objects.count() == 1
+
+
+def test_a_leased_session_saved_whole_keeps_the_fields_the_lease_did_not_read(alice: Persona) -> None:
+    stored = ChatSession.objects.create(api_key=alice.api_key, public_id="s", model="m", prompt_tokens_total=4)
+    now = timezone.now()
+    leased = rows.session_lease(api_key_id=alice.api_key.pk, public_id="s", now=now, expired_before=now)
+
+    leased.title = "Renamed"
+    leased.save()
+
+    stored.refresh_from_db()
+    assert (stored.title, stored.prompt_tokens_total, stored.turn_started_at) == ("Renamed", 4, now)
 
 
 def test_complete_stores_answer_usage_and_totals_and_releases_the_lease(alice: Persona) -> None:
