@@ -113,6 +113,8 @@ class Prompt:
     history_used: int
     history_truncated: bool
     warnings: list[str] = field(default_factory=list)
+    # The new user message's own tokens (build_prompt), so that storing it need not count again.
+    user_message_tokens: int = 0
 
 
 def memory_message(memory_facts: list[str]) -> str:
@@ -164,8 +166,9 @@ def build_prompt(
     if memory_facts:
         head.append({"role": "system", "content": memory_message(memory_facts)})
     tail = {"role": "user", "content": user_message}
-    used = tokens.REPLY_PRIMING_TOKENS + sum(
-        tokens.count_message_tokens(role=m["role"], content=m["content"], model=model) for m in [*head, tail]
+    user_message_tokens = tokens.count_message_tokens(role="user", content=user_message, model=model)
+    used = tokens.REPLY_PRIMING_TOKENS + user_message_tokens + sum(
+        tokens.count_message_tokens(role=m["role"], content=m["content"], model=model) for m in head
     )
     if used > budget:
         raise _too_long(
@@ -195,4 +198,5 @@ def build_prompt(
         prompt_tokens=used,
         history_used=len(chosen),
         history_truncated=truncated,
+        user_message_tokens=user_message_tokens,
     )

@@ -420,12 +420,17 @@ def _lease_held(turn_started_at: datetime | None, *, now: datetime) -> bool:
     return turn_started_at is not None and turn_started_at >= now - turn_lease()
 
 
-def _stored_message(*, session_pk: int, role: str, content: str, model: str, **fields: Any) -> Message:
+def _stored_message(
+    *, session_pk: int, role: str, content: str, model: str, token_count: int | None = None, **fields: Any
+) -> Message:
+    """`token_count`: the message's tokens under `model`, when already counted."""
+    if token_count is None:
+        token_count = tokens.count_message_tokens(role=role, content=content, model=model)
     return Message(
         session_id=session_pk,
         role=role,
         content=content,
-        token_count=tokens.count_message_tokens(role=role, content=content, model=model),
+        token_count=token_count,
         token_encoding=tokens.encoding_name_for_model(model),
         **fields,
     )
@@ -557,6 +562,7 @@ def chat_turn_begin(
             role=Message.Role.USER,
             content=turn.user_message,
             model=session.model,
+            token_count=prompt.user_message_tokens,
             status=Message.Status.PENDING,
         )
         user_message.model = session.model

@@ -10,6 +10,7 @@ from django.utils import timezone
 
 from chat import rows, services
 
+from chat.tokens import count_message_tokens
 from chat.models import ChatSession, Message, UpstreamCredential, UsageRecord
 from chat.providers import get_provider
 from chat.services import (
@@ -51,6 +52,8 @@ def test_begin_stores_the_question_as_pending_and_takes_the_lease(alice: Persona
 
     message = Message.objects.get()
     assert (message.pk, message.status, message.content) == (prepared.user_message_id, "pending", "Hi")
+    # Counted once, by the prompt, and stored as counted.
+    assert message.token_count == count_message_tokens(role="user", content="Hi", model=prepared.model) > 0
     assert ChatSession.objects.get().turn_started_at is not None
     with pytest.raises(SessionBusy):
         chat_turn_begin(api_key=alice.api_key, turn=ChatTurnInput(user_message="Again", session_id="s"))
