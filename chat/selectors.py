@@ -92,6 +92,8 @@ COST_QUANTUM = Decimal("0.00000001")
 
 def usage_cost(*, model: str, prompt_tokens: int, completion_tokens: int) -> Decimal:
     """What a call costs in USD at the model's current price; 0 when no price matches."""
+    if not prompt_tokens and not completion_tokens:
+        return Decimal(0)  # a failed call: no price to read
     price = rows_sql.price_per_million(model=model)
     if price is None:
         return Decimal(0)

@@ -478,22 +478,26 @@ def _session_leased(*, api_key: ApiKey, turn: ChatTurnInput, now: datetime, key_
     """The turn's session with its lease taken, and the model checked: an existing session in a
     single UPDATE; else a new one, created leased. Raises ModelNotAllowed or ModelNotAvailable
     before SessionBusy (when another turn holds the lease), as for a free session."""
-    if turn.session_id:
+    new_fields = {
+        "model": turn.model or model_default_for(api_key),
+        "title": _title_from(turn.user_message),
+        "turn_started_at": now,
+    }
+    if not turn.session_id:
+        # An id made up just now cannot exist yet: no lookup, no savepoint.
+        session = ChatSession(api_key=api_key, public_id=new_session_public_id(), **new_fields)
+        rows.insert(session)
+        created = True
+    else:
         session = rows.session_lease(
             api_key_id=api_key.pk, public_id=turn.session_id, now=now, expired_before=now - turn_lease()
         )
         if session is not None:
             _check_model(api_key=api_key, model=turn.model or session.model, key_source=key_source)
             return session
-    session, created = ChatSession.objects.get_or_create(
-        api_key=api_key,
-        public_id=turn.session_id or new_session_public_id(),
-        defaults={
-            "model": turn.model or model_default_for(api_key),
-            "title": _title_from(turn.user_message),
-            "turn_started_at": now,
-        },
-    )
+        session, created = ChatSession.objects.get_or_create(
+            api_key=api_key, public_id=turn.session_id, defaults=new_fields
+        )
     _check_model(api_key=api_key, model=turn.model or session.model, key_source=key_source)
     if not created:
         # It exists, so the UPDATE above found its lease held (or another request created, and
