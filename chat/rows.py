@@ -125,6 +125,24 @@ def session_end_turn(
         return cursor.rowcount > 0
 
 
+# --- Usage roll-ups ------------------------------------------------------------------------------
+
+@functools.cache
+def _roll_up_statement(model: type[Model], identity: tuple[str, ...], counts: tuple[str, ...]) -> str:
+    assignments = ", ".join(f"{_column(model, name)} = {_column(model, name)} + %s" for name in counts)
+    conditions = " AND ".join(f"{_column(model, name)} = %s" for name in identity)
+    return f"UPDATE {_table(model)} SET {assignments} WHERE {conditions}"
+
+
+def roll_up_add(model: type[Model], identity: dict[str, Any], counts: dict[str, Any]) -> bool:
+    """Add `counts` (field name -> amount) to the roll-up row of `identity` (field name ->
+    value). False when the row does not exist yet. Two run on every call: built with the ORM's
+    F() expressions, each cost 0.3 ms on PostgreSQL (bench/chat_throughput.py)."""
+    with connection.cursor() as cursor:
+        cursor.execute(_roll_up_statement(model, tuple(identity), tuple(counts)), [*counts.values(), *identity.values()])
+        return cursor.rowcount > 0
+
+
 # --- Messages -----------------------------------------------------------------------------------
 
 @functools.cache

@@ -25,7 +25,7 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, transaction
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 from django.utils.translation import gettext as _
@@ -767,17 +767,9 @@ def _usage_daily_add(record: UsageRecord) -> None:
 
 def _roll_up_add(model: type[UsageDaily] | type[UsageDailyTotal], identity: dict[str, Any], counts: dict[str, Any]) -> None:
     """Add `counts` to the roll-up row of `identity` (field name -> value), creating it on the
-    day's first call. The UPDATE is written out: two run on every call, and building them with
-    the ORM's F() expressions cost 0.3 ms each on PostgreSQL (bench/chat_throughput.py); the
-    statement is plain SQL that SQLite and PostgreSQL both run."""
-    quote = connection.ops.quote_name
-    assignments = ", ".join(f"{quote(name)} = {quote(name)} + %s" for name in counts)
-    conditions = " AND ".join(f"{quote(model._meta.get_field(name).column)} = %s" for name in identity)
-    sql = f"UPDATE {quote(model._meta.db_table)} SET {assignments} WHERE {conditions}"
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [*counts.values(), *identity.values()])
-        if cursor.rowcount:
-            return
+    day's first call."""
+    if rows.roll_up_add(model, identity, counts):
+        return
     try:
         # The first call of its day. Two first calls at once: the unique constraint lets one
         # insert win, and the other adds to its row.
@@ -785,8 +777,7 @@ def _roll_up_add(model: type[UsageDaily] | type[UsageDailyTotal], identity: dict
             model.objects.create(**{model._meta.get_field(name).attname: value for name, value in identity.items()},
                                  **counts)
     except IntegrityError:
-        with connection.cursor() as cursor:
-            cursor.execute(sql, [*counts.values(), *identity.values()])
+        rows.roll_up_add(model, identity, counts)
 
 
 def chat_turn_fail(
