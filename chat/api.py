@@ -184,7 +184,7 @@ def _replayed(stored: idempotency.StoredResponse, *, stream: bool) -> HttpRespon
 
 async def _chat_events(
     first: StreamDelta | turns.ChatTurnResult, pieces: AsyncIterator[StreamDelta | turns.ChatTurnResult],
-    claim: idempotency.Claim | None = None,
+    claim: idempotency.Claim | None,
 ) -> AsyncIterator[bytes]:
     """The turn as server-sent events: `delta`s, then `done` (the JSON response) or `error`."""
     piece = first

@@ -105,8 +105,8 @@ def idempotency_claim(*, api_key: ApiKey, key: str, body_hash: str) -> Claim | S
         if row.response_status is not None:
             return StoredResponse(status=row.response_status, body=json.loads(row.response_body))
         # The holder died mid-turn: the first request to see its lock run out takes the key over.
-        abandoned = row.locked_until is None or row.locked_until <= now
-        if abandoned and IdempotentRequest.objects.filter(
+        # (A row without a response always has a lock: the two are cleared together.)
+        if row.locked_until <= now and IdempotentRequest.objects.filter(
             pk=row.pk, response_status__isnull=True, locked_until=row.locked_until
         ).update(locked_until=locked_until):
             return Claim(row_id=row.pk, locked_until=locked_until)

@@ -175,8 +175,12 @@ class ChatCompletionRequestSerializer(serializers.Serializer):
 def _stateless_turn(data: dict[str, Any], *, max_tokens: int, temperature: float) -> StatelessTurnInput:
     return StatelessTurnInput(
         messages=data["messages"], model=data["model"], max_tokens=max_tokens, temperature=temperature,
-        options={name: data[name] for name in PASSED_THROUGH if name in data},
+        options=_passed_through(data),
     )
+
+
+def _passed_through(data: dict[str, Any]) -> dict[str, Any]:
+    return {name: data[name] for name in PASSED_THROUGH if name in data}
 
 
 def _session_turn(data: dict[str, Any], *, session_id: str, max_tokens: int, temperature: float) -> ChatTurnInput:
@@ -201,7 +205,7 @@ def _session_turn(data: dict[str, Any], *, session_id: str, max_tokens: int, tem
         max_tokens=max_tokens,
         temperature=temperature,
         conversation_history=earlier,
-        options={name: data[name] for name in PASSED_THROUGH if name in data},
+        options=_passed_through(data),
     )
 
 
@@ -230,13 +234,19 @@ def _usage(result: turns.ChatTurnResult) -> dict[str, int]:
     }
 
 
+def _completion(*, kind: str, model: str, completion_id: str = "", created: int = 0, **fields: Any) -> dict[str, Any]:
+    """OpenAI's envelope of a `chat.completion` or of one `chat.completion.chunk`."""
+    return {
+        "id": completion_id or _completion_id(), "object": kind, "created": created or int(time.time()),
+        "model": model, **fields,
+    }
+
+
 def chat_completion(result: turns.ChatTurnResult) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "id": _completion_id(),
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": result.model,
-        "choices": [
+    body = _completion(
+        kind="chat.completion",
+        model=result.model,
+        choices=[
             {
                 "index": 0,
                 "message": {"role": "assistant", "content": result.response_text, "refusal": None},
@@ -244,8 +254,8 @@ def chat_completion(result: turns.ChatTurnResult) -> dict[str, Any]:
                 "finish_reason": result.finish_reason or "stop",
             }
         ],
-        "usage": _usage(result),
-    }
+        usage=_usage(result),
+    )
     if result.warnings:
         body["warnings"] = result.warnings
     return body
@@ -267,24 +277,23 @@ async def _completion_chunks(
     stream started is an `{"error": ...}` event, which the SDKs raise as APIError."""
     completion_id, created = _completion_id(), int(time.time())
 
-    def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
-        return sse_event({
-            "id": completion_id, "object": "chat.completion.chunk", "created": created, "model": piece.model,
-            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
-        })
+    def chunk(model: str, **fields: Any) -> bytes:
+        return sse_event(_completion(
+            kind="chat.completion.chunk", model=model, completion_id=completion_id, created=created, **fields
+        ))
+
+    def delta_chunk(model: str, delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
+        return chunk(model, choices=[{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}])
 
     piece = first
     try:
-        yield chunk({"role": "assistant", "content": ""})
+        yield delta_chunk(piece.model, {"role": "assistant", "content": ""})
         while isinstance(piece, StreamDelta):
-            yield chunk({"content": piece.text})
+            yield delta_chunk(piece.model, {"content": piece.text})
             piece = await anext(pieces)
-        yield chunk({}, piece.finish_reason or "stop")
+        yield delta_chunk(piece.model, {}, piece.finish_reason or "stop")
         if include_usage:
-            yield sse_event({
-                "id": completion_id, "object": "chat.completion.chunk", "created": created, "model": piece.model,
-                "choices": [], "usage": _usage(piece),
-            })
+            yield chunk(piece.model, choices=[], usage=_usage(piece))
         yield sse_event("[DONE]")
     except Exception as exc:
         # The same mapping (and logging of bugs) as an error before the stream started.
