@@ -93,6 +93,9 @@ def record_tokens(*, model: str, prompt_tokens: int, completion_tokens: int) -> 
     tokens_used.labels(model=model, kind="completion").inc(completion_tokens)
 
 
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
 class RequestMetricsMiddleware(InEventLoop, MiddlewareMixin):
     """Counts and times every request by its route pattern (never its raw path, which would make
     a series per session id)."""
@@ -103,7 +106,8 @@ class RequestMetricsMiddleware(InEventLoop, MiddlewareMixin):
     def process_response(self, request: HttpRequest, response: HttpResponseBase) -> HttpResponseBase:
         match = getattr(request, "resolver_match", None)
         route = "/" + match.route if match is not None and match.route else "unmatched"
-        method = request.method or ""
+        # Any other method is "other": a client's made-up methods must not each make a series.
+        method = request.method if request.method in KNOWN_METHODS else "other"
         http_requests.labels(method=method, route=route, status=str(response.status_code)).inc()
         http_request_duration.labels(method=method, route=route).observe(time.perf_counter() - request.metrics_started)  # type: ignore[attr-defined]
         return response

@@ -4,7 +4,6 @@ metrics, in process and on the served server (two worker processes)."""
 import io
 import json
 import logging
-import os
 import re
 import subprocess
 import sys
@@ -19,7 +18,7 @@ from monitoring.logs import JsonFormatter
 from monitoring.logs import RequestIdFilter
 from tests.conftest import UPSTREAM_TEST_KEY, Persona, metric
 from tests.fake_upstream import FakeUpstream
-from tests.processes import free_port, stop, wait_until_healthy
+from tests.processes import child_environment, free_port, stop, wait_until_healthy
 from tests.served import PROJECT_DIR, Served, _manage
 
 REQUEST_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -121,9 +120,8 @@ def test_ready_says_503_naming_an_unreachable_cache(db: None, settings: Any) -> 
 @pytest.mark.e2e
 def test_ready_says_503_naming_pending_migrations_on_an_unmigrated_database(tmp_path: Any) -> None:
     port = free_port()
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "LLM_", "DATABASE"))},
-           "DJANGO_ENV": "development", "DATABASE_URL": f"sqlite:///{tmp_path / 'empty.sqlite3'}",
-           "LOG_FILE": str(tmp_path / "app.log"), "SERVER_PORT": str(port), "WEB_CONCURRENCY": "1"}
+    env = child_environment(DJANGO_ENV="development", DATABASE_URL=f"sqlite:///{tmp_path / 'empty.sqlite3'}",
+                            LOG_FILE=str(tmp_path / "app.log"), SERVER_PORT=str(port), WEB_CONCURRENCY="1")
     process = subprocess.Popen([sys.executable, "manage.py", "serve"], cwd=PROJECT_DIR, env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -190,6 +188,33 @@ def test_metrics_count_requests_by_route_upstream_calls_and_tokens(
     assert grew("llmserver_tokens_total", model="gpt-4o-mini", kind="completion") > 0
 
 
+def test_a_method_no_one_uses_is_counted_as_other(admin: APIClient) -> None:
+    APIClient().generic("BREW", "/api/v1/system/health")
+    APIClient().generic("BREW", "/api/v1/system/health")
+
+    text = admin.get("/metrics").content.decode()
+
+    assert metric(text, "llmserver_http_requests_total", method="other", route="/api/v1/system/health") >= 2
+    assert 'method="BREW"' not in text
+
+
+@pytest.mark.e2e
+def test_the_metrics_directory_made_for_several_workers_is_removed_when_the_server_stops(tmp_path: Any) -> None:
+    port = free_port()
+    env = child_environment(DJANGO_ENV="development", DATABASE_URL=f"sqlite:///{tmp_path / 'db.sqlite3'}",
+                            LOG_FILE="", SERVER_PORT=str(port), WEB_CONCURRENCY="2", TMPDIR=str(tmp_path))
+    process = subprocess.Popen([sys.executable, "manage.py", "serve"], cwd=PROJECT_DIR, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_until_healthy(process, f"http://127.0.0.1:{port}")
+        while_serving = list(tmp_path.glob("llmserver-metrics-*"))
+    finally:
+        stop(process)
+
+    assert len(while_serving) == 1
+    assert not while_serving[0].exists()
+
+
 def test_metrics_need_an_admin_key_unless_opened(alice: Persona, settings: Any) -> None:
     assert APIClient().get("/metrics").status_code == 401
     assert alice.client.get("/metrics").status_code == 403
@@ -234,8 +259,8 @@ def test_a_worker_that_died_mid_stream_leaves_no_active_stream_behind(tmp_path: 
         result = subprocess.run(
             [sys.executable, "-c", "import django; django.setup()\nfrom monitoring import metrics\n" + code],
             cwd=PROJECT_DIR, capture_output=True, text=True, timeout=60,
-            env={**os.environ, "DJANGO_SETTINGS_MODULE": "llmserver.settings", "LOG_FILE": "",
-                 "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)},
+            env=child_environment(DJANGO_SETTINGS_MODULE="llmserver.settings", LOG_FILE="",
+                                  PROMETHEUS_MULTIPROC_DIR=str(tmp_path)),
         )
         assert result.returncode == 0, result.stderr
         return result.stdout

@@ -1,7 +1,9 @@
 """`manage.py serve`: the production server (uvicorn, ASGI), as `make run` and the image run it."""
 
+import contextlib
 import os
 import tempfile
+from collections.abc import Iterator
 from typing import Any
 
 import uvicorn
@@ -11,15 +13,20 @@ from django.core.management.base import BaseCommand, CommandParser
 from monitoring import metrics
 
 
-def _prepare_metrics_directory(workers: int) -> None:
+@contextlib.contextmanager
+def _metrics_directory(workers: int) -> Iterator[None]:
     """Several workers keep their metrics in files under PROMETHEUS_MULTIPROC_DIR (monitoring/
-    metrics.py): without one named, a fresh directory, set before the workers start. A named one
-    loses the files of processes that have ended (a previous run's), which would be added to
-    this run's counts."""
+    metrics.py): without one named, a fresh directory, set before the workers start and removed
+    when the server stops. A named one loses the files of processes that have ended (a previous
+    run's), which would be added to this run's counts."""
     if metrics.MULTIPROCESS_DIR_VARIABLE in os.environ:
         metrics.remove_files_of_ended_processes()
     elif workers > 1:
-        os.environ[metrics.MULTIPROCESS_DIR_VARIABLE] = tempfile.mkdtemp(prefix="llmserver-metrics-")
+        with tempfile.TemporaryDirectory(prefix="llmserver-metrics-") as directory:
+            os.environ[metrics.MULTIPROCESS_DIR_VARIABLE] = directory
+            yield
+        return
+    yield
 
 
 class Command(BaseCommand):
@@ -34,7 +41,10 @@ class Command(BaseCommand):
         host = options["host"] or settings.SERVER_HOST
         port = options["port"] or settings.SERVER_PORT
         workers = options["workers"] or settings.WEB_CONCURRENCY
-        _prepare_metrics_directory(workers)
+        with _metrics_directory(workers):
+            self._serve(host=host, port=port, workers=workers)
+
+    def _serve(self, *, host: str, port: int, workers: int) -> None:
         self.stdout.write(f"Serving LLM Server on http://{host}:{port} with {workers} worker(s)")
         uvicorn.run(
             "llmserver.asgi:application",
