@@ -44,7 +44,7 @@ import uvloop
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 # The process helpers the served tests use too (tests/processes.py: standard library and psycopg).
 sys.path.insert(0, str(PROJECT_DIR))
-from tests.processes import free_port, fresh_postgres_database, stop, wait_until_healthy  # noqa: E402
+from tests.processes import child_environment, free_port, fresh_postgres_database, stop, wait_until_healthy  # noqa: E402
 PYTHON = sys.executable
 POSTGRES_ADMIN_URL = os.environ.get("POSTGRES_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/15")
@@ -288,7 +288,7 @@ def server_env(
     """The server's environment in its production configuration, with Redis as its cache when it
     runs on PostgreSQL and Redis answers; and that cache's name."""
     env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "LLM_", "LIMIT_", "DATABASE", "REDIS", "CACHE"))},
+        **child_environment(),
         "DJANGO_ENV": "production",
         "SECRET_KEY": secrets.token_urlsafe(50),
         "ALLOWED_HOSTS": "127.0.0.1,localhost",

@@ -7,6 +7,7 @@ README.md and `.env.example`.
 """
 
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +20,12 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 
 env = environ.Env()
 # A local `.env` is a convenience for development; real deployments set the environment.
-# Variables already in the environment win over the file.
-environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
+# Variables already in the environment win over the file. DOTENV_FILE names another file, or,
+# empty, none: what the tests and benches give the servers they start, so that a developer's
+# `.env` (an upstream key, limits) does not reach them.
+DOTENV_FILE = os.environ.get("DOTENV_FILE", str(BASE_DIR / ".env"))
+if DOTENV_FILE:
+    environ.Env.read_env(DOTENV_FILE, overwrite=False)
 
 
 def _number(name: str, default: int | float, *, minimum: int | float, maximum: int | float | None = None) -> Any:
@@ -231,7 +236,7 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # One process: the local-memory cache. Several processes or instances: Redis (REDIS_URL), so that
 # they share it. CACHE_URL takes any URL django-environ understands and wins over REDIS_URL.
 REDIS_URL = env.str("REDIS_URL", default="")
-if "CACHE_URL" in env:
+if env.str("CACHE_URL", default=""):
     CACHES = {"default": env.cache_url("CACHE_URL")}
 elif REDIS_URL:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}

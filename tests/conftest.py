@@ -87,7 +87,19 @@ def watched_persona(name: str, caplog: pytest.LogCaptureFixture) -> Iterator[Per
 
 
 @pytest.fixture(autouse=True)
-def fresh_state() -> None:
+def isolated_from_the_machine(settings: pytest.FixtureRequest) -> None:
+    """Whatever the machine's environment (or a developer's `.env`) says, tests start with a cache
+    of their own, no server-wide limits and closed metrics: with REDIS_URL set, clearing the
+    cache below would flush the developer's Redis database."""
+    settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+    settings.LIMIT_REQUESTS_PER_MINUTE = 0
+    settings.LIMIT_TOKENS_PER_DAY = 0
+    settings.LIMIT_MONTHLY_BUDGET_USD = 0.0
+    settings.METRICS_PUBLIC = False
+
+
+@pytest.fixture(autouse=True)
+def fresh_state(isolated_from_the_machine: None) -> None:
     """Each test starts with no recorded responses and an empty cache."""
     _responses.clear()
     cache.clear()

@@ -2,6 +2,7 @@
 benchmarks (bench/): the standard library and psycopg only, because `make bench` installs only
 the runtime requirements (no pytest, no httpx)."""
 
+import os
 import socket
 import subprocess
 import time
@@ -9,6 +10,22 @@ import urllib.request
 from collections.abc import Callable
 
 import psycopg
+
+
+# What a child process takes from ours: how to run Python, never how to configure the server.
+INHERITED_VARIABLES = frozenset({"PATH", "HOME", "LANG", "TMPDIR", "VIRTUAL_ENV", "PYTHONPATH"})
+
+
+def child_environment(**values: str) -> dict[str, str]:
+    """The environment of a server or `manage.py` process that a test or a bench starts: what
+    running Python needs from ours, no `.env` file (DOTENV_FILE empty), then `values`. The
+    caller's own settings (LIMIT_*, REDIS_URL, METRICS_PUBLIC, an upstream key, in the
+    environment or in `.env`) would otherwise change what the child does: a Redis database of
+    the developer's flushed, limits that fail a load test."""
+    inherited = {
+        name: value for name, value in os.environ.items() if name in INHERITED_VARIABLES or name.startswith("LC_")
+    }
+    return {**inherited, "DOTENV_FILE": "", **values}
 
 
 def free_port() -> int:

@@ -20,7 +20,7 @@ import pytest
 
 from tests.conftest import UPSTREAM_TEST_KEY
 from tests.fake_upstream import FakeUpstream
-from tests.processes import free_port, fresh_postgres_database, stop, wait_until_healthy
+from tests.processes import child_environment, free_port, fresh_postgres_database, stop, wait_until_healthy
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 STARTUP_TIMEOUT_SECONDS = 30
@@ -74,17 +74,15 @@ def serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
     def start(**extra_env: str) -> Served:
         workdir = tmp_path_factory.mktemp("served")
         port = free_port()
-        env = {name: value for name, value in os.environ.items() if not name.startswith(("OPENAI_", "LLM_"))}
-        env.update(
+        env = child_environment(
             DJANGO_ENV="development",
             LOG_FILE=str(workdir / "app.log"),
             SERVER_PORT=str(port),
             WEB_CONCURRENCY="2",
             ACCESS_LOG="false",
+            DATABASE_URL=f"sqlite:///{workdir / 'db.sqlite3'}",
+            **extra_env,
         )
-        env.pop("DATABASE_URL", None)
-        env.update(extra_env)
-        env.setdefault("DATABASE_URL", f"sqlite:///{workdir / 'db.sqlite3'}")
         _manage("migrate", "--noinput", env=env)
         api_key = _manage("create_api_key", "--name", "e2e", env=env).strip().splitlines()[-1]
         process = subprocess.Popen(

@@ -1,6 +1,5 @@
 """Client key lifecycle: scopes, models, expiry, last use, revocation, rotation, audit, commands."""
 
-import os
 import subprocess
 import sys
 from datetime import timedelta
@@ -17,6 +16,7 @@ from rest_framework.test import APIClient
 from chat.models import ApiKey, ApiKeyEvent, ChatSession, Message
 from chat.services import api_key_create
 from tests.conftest import Persona, make_persona
+from tests.processes import child_environment
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 INVALID_KEY_BODY = {
@@ -107,7 +107,7 @@ def test_a_revoked_key_cannot_be_rotated(alice: Persona) -> None:
 
 @pytest.mark.parametrize("command", ["revoke_api_key", "rotate_api_key"])
 def test_an_unknown_id_is_one_sentence_and_exit_status_1(tmp_path: Path, command: str) -> None:
-    env = {**os.environ, "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}", "LOG_FILE": ""}
+    env = child_environment(DATABASE_URL=f"sqlite:///{tmp_path / 'db.sqlite3'}", LOG_FILE="")
     subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=PROJECT_DIR, env=env, check=True)
 
     result = subprocess.run(

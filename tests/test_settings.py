@@ -1,11 +1,11 @@
 """Settings: development works with nothing set; production refuses unsafe values, saying what to set."""
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from tests.processes import child_environment
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 SAFE_SECRET = "k" * 30 + "-production-secret-for-tests-only-0123456789"
@@ -19,14 +19,10 @@ PRODUCTION = {
 
 def load_settings(print_setting: str = "DEBUG", **env: str) -> subprocess.CompletedProcess:
     """Import the settings in a fresh interpreter with exactly this configuration and print one."""
-    clean = {
-        k: v for k, v in os.environ.items()
-        if k not in {"SECRET_KEY", "DEBUG", "ALLOWED_HOSTS", "DJANGO_ENV", "FIELD_ENCRYPTION_KEYS"}
-    }
     code = f"import django; django.setup(); from django.conf import settings; print(settings.{print_setting})"
     return subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=PROJECT_DIR, env={**clean, "DJANGO_SETTINGS_MODULE": "llmserver.settings", "LOG_FILE": "", **env},
+        [sys.executable, "-c", code], cwd=PROJECT_DIR,
+        env=child_environment(DJANGO_SETTINGS_MODULE="llmserver.settings", LOG_FILE="", **env),
         capture_output=True, text=True, timeout=60,
     )
 
@@ -89,8 +85,8 @@ def test_sqlite_is_configured_for_concurrent_writers(tmp_path: Path) -> None:
             "connection.settings_dict['OPTIONS']['transaction_mode'])"
         )],
         cwd=PROJECT_DIR, capture_output=True, text=True, timeout=60,
-        env={**os.environ, "DJANGO_SETTINGS_MODULE": "llmserver.settings", "LOG_FILE": "",
-             "DATABASE_URL": f"sqlite:///{tmp_path / 'pragma-check.sqlite3'}"},
+        env=child_environment(DJANGO_SETTINGS_MODULE="llmserver.settings", LOG_FILE="",
+                              DATABASE_URL=f"sqlite:///{tmp_path / 'pragma-check.sqlite3'}"),
     )
 
     assert result.stdout.split() == ["wal", "20000", "IMMEDIATE"], result.stderr
@@ -156,6 +152,22 @@ def test_numbers_in_range_are_read_with_their_type() -> None:
     assert result.stdout.strip() == "0 2.0 1000.0", result.stderr
 
 
+def test_an_empty_cache_url_counts_as_unset() -> None:
+    result = load_settings("CACHES['default']['BACKEND']", CACHE_URL="")
+
+    assert result.stdout.strip() == "django.core.cache.backends.locmem.LocMemCache", result.stderr
+
+
+def test_servers_the_tests_start_read_no_dotenv_file(tmp_path: Path) -> None:
+    dotenv = tmp_path / ".env"
+    dotenv.write_text("LIMIT_REQUESTS_PER_MINUTE=7\n")
+
+    read = load_settings("LIMIT_REQUESTS_PER_MINUTE", DOTENV_FILE=str(dotenv))
+    unread = load_settings("LIMIT_REQUESTS_PER_MINUTE")
+
+    assert (read.stdout.strip(), unread.stdout.strip()) == ("7", "0"), read.stderr + unread.stderr
+
+
 def test_redis_url_selects_the_shared_redis_cache() -> None:
     result = load_settings("CACHES['default']['BACKEND']", REDIS_URL="redis://127.0.0.1:6379/0")
 
@@ -163,10 +175,9 @@ def test_redis_url_selects_the_shared_redis_cache() -> None:
 
 
 def deploy_check(**env: str) -> subprocess.CompletedProcess:
-    clean = {k: v for k, v in os.environ.items() if k not in PRODUCTION and not k.startswith("SECURE_")}
     return subprocess.run(
         [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
-        cwd=PROJECT_DIR, env={**clean, "LOG_FILE": "", **env}, capture_output=True, text=True, timeout=120,
+        cwd=PROJECT_DIR, env=child_environment(LOG_FILE="", **env), capture_output=True, text=True, timeout=120,
     )
 
 
@@ -203,9 +214,8 @@ def test_the_deploy_check_reports_a_missing_middleware() -> None:
         "with override_settings(MIDDLEWARE=kept):\n"
         "    print(sorted({m.id for m in security_checks_with_django_names(None)}))\n"
     )
-    clean = {k: v for k, v in os.environ.items() if k not in PRODUCTION}
     result = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_DIR, capture_output=True, text=True,
-                            env={**clean, **PRODUCTION, "DJANGO_SETTINGS_MODULE": "llmserver.settings", "LOG_FILE": ""},
+                            env=child_environment(**PRODUCTION, DJANGO_SETTINGS_MODULE="llmserver.settings", LOG_FILE=""),
                             timeout=60)
 
     assert result.returncode == 0, result.stderr
@@ -217,7 +227,7 @@ def test_a_metrics_directory_the_operator_names_is_created_at_start(tmp_path: Pa
 
     result = subprocess.run(
         [sys.executable, "manage.py", "check"], cwd=PROJECT_DIR, capture_output=True, text=True, timeout=60,
-        env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(directory), "LOG_FILE": ""},
+        env=child_environment(PROMETHEUS_MULTIPROC_DIR=str(directory), LOG_FILE=""),
     )
 
     assert result.returncode == 0, result.stderr
