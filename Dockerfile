@@ -16,7 +16,8 @@ RUN /opt/venv/bin/pip install --only-binary=:all: -r /tmp/requirements.txt
 # --- Runtime stage ----------------------------------------------------------------------------
 FROM python:3.11-slim
 
-# Production mode: the server refuses to start without SECRET_KEY and ALLOWED_HOSTS (see README).
+# Production mode: the server refuses to start without SECRET_KEY, ALLOWED_HOSTS and
+# FIELD_ENCRYPTION_KEYS (see README).
 # The SQLite database and the log file live in directories the app user owns; mount a volume on
 # /app/data to keep the database, or point DATABASE_URL at PostgreSQL.
 ENV PATH=/opt/venv/bin:$PATH \

@@ -10,7 +10,7 @@ POSTGRES_TEST_URL ?= postgres://postgres@127.0.0.1:5432/postgres
 
 # The browser test (tests/test_browser.py) drives Debian's Chromium: installed here when missing,
 # unless CHROMIUM_PATH names another one or SKIP_BROWSER_TESTS=1.
-CHROMIUM := $(shell command -v chromium || echo /usr/bin/chromium)
+CHROMIUM := $(shell command -v chromium || command -v chromium-browser || echo /usr/bin/chromium)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 BROWSER := $(if $(or $(CHROMIUM_PATH),$(filter 1,$(SKIP_BROWSER_TESTS))),,$(CHROMIUM))
 
@@ -41,7 +41,7 @@ migrate: setup
 run: migrate
 	$(PY) manage.py serve
 
-# The whole suite on SQLite: needs nothing but Python.
+# The whole suite on SQLite: needs Python, and Chromium for the browser test (installed above).
 test: $(DEV_STAMP) $(BROWSER)
 	$(PY) -m pytest
 

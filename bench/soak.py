@@ -9,7 +9,7 @@ Starts, as separate processes and with bench/chat_throughput.py's helpers: the f
 completions with a random fault (500, 502, 503, 429 with Retry-After, a connection dropped
 mid-body or mid-stream, malformed JSON, a reply that never comes); and the server in its
 production configuration (`manage.py serve`, DJANGO_ENV=production, `--workers` uvicorn
-workers: 2, as the Docker deployment runs) on PostgreSQL and Redis when they run here, else
+workers: 2, as docker-compose.prod.yml runs) on PostgreSQL and Redis when they run here, else
 SQLite. The fake takes `--latency-ms` (100) over each chat completion, as a model would take
 some time. Then, from this process,
 each client sends one chat after another until the time is up, in sessions of its own (a new

@@ -2,7 +2,7 @@
 
 Every setting has a development default so that `make run` works with no configuration at all.
 `DJANGO_ENV=production` switches to production mode, which refuses to start on an unsafe secret
-or a missing host list, with a sentence saying what to set.  Each setting is documented in
+or Fernet key, a missing host list or DEBUG on, with a sentence saying what to set.  Each setting is documented in
 README.md and `.env.example`.
 """
 
@@ -362,6 +362,8 @@ METRICS_PUBLIC = env.bool("METRICS_PUBLIC", default=False)
 
 # --- Logging --------------------------------------------------------------------------------
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO").upper()
+if LOG_LEVEL not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+    raise ImproperlyConfigured(f"LOG_LEVEL must be DEBUG, INFO, WARNING, ERROR or CRITICAL, not {LOG_LEVEL!r}.")
 LOG_FILE = env.str("LOG_FILE", default=str(BASE_DIR / "logs" / "app.log"))
 # "text": the original design's format, with the request id added; "json": one JSON object a line.
 LOG_FORMAT = env.str("LOG_FORMAT", default="text")

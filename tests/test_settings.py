@@ -152,6 +152,13 @@ def test_numbers_in_range_are_read_with_their_type() -> None:
     assert result.stdout.strip() == "0 2.0 1000.0", result.stderr
 
 
+def test_an_unknown_log_level_stops_start_up_with_a_sentence() -> None:
+    result = load_settings(LOG_LEVEL="verbose")
+
+    assert result.returncode != 0
+    assert "LOG_LEVEL must be DEBUG, INFO, WARNING, ERROR or CRITICAL, not 'VERBOSE'." in result.stderr
+
+
 def test_an_empty_cache_url_counts_as_unset() -> None:
     result = load_settings("CACHES['default']['BACKEND']", CACHE_URL="")
 
