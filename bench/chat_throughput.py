@@ -44,9 +44,15 @@ import uvloop
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 # The process helpers the served tests use too (tests/processes.py: standard library and psycopg).
 sys.path.insert(0, str(PROJECT_DIR))
-from tests.processes import child_environment, free_port, fresh_postgres_database, stop, wait_until_healthy  # noqa: E402
+from tests.processes import (  # noqa: E402
+    POSTGRES_ADMIN_URL,
+    child_environment,
+    free_port,
+    fresh_postgres_database,
+    stop,
+    wait_until_healthy,
+)
 PYTHON = sys.executable
-POSTGRES_ADMIN_URL = os.environ.get("POSTGRES_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/15")
 MODEL = "gpt-4o-mini"
 # A model no table knows: the server gives it LLM_DEFAULT_CONTEXT_WINDOW (8,192 tokens), which
@@ -346,17 +352,11 @@ def start_litellm(executable: str, upstream_url: str, workdir: Path) -> tuple[su
         [executable, "--config", str(config), "--host", "127.0.0.1", "--port", str(port), "--num_workers", "1"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
-    import urllib.request
-
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health/liveliness", timeout=1):
-                return process, port
-        except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit("LiteLLM's proxy did not start")
-            time.sleep(0.3)
+    try:
+        wait_until_healthy(process, f"http://127.0.0.1:{port}", timeout_seconds=60, path="/health/liveliness")
+    except RuntimeError as exc:
+        raise SystemExit(f"LiteLLM's proxy did not start: {exc}") from None
+    return process, port
 
 
 SEED_HISTORY = """

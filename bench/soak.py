@@ -101,6 +101,7 @@ from chat_throughput import (
     start_server,
     stop,
 )
+from tests.fake_upstream import FAULTS  # noqa: E402  (chat_throughput put the project on the path)
 
 # The server's upstream error codes (llmserver/errors.py, the UpstreamError subclasses): the
 # only ones a 5xx, or an error event in a stream, may carry here.
@@ -111,8 +112,6 @@ UPSTREAM_ERROR_CODES = frozenset({
 # Each kind of request, and how often a client sends it.
 KINDS = {"api": 0.4, "api stream": 0.4, "v1": 0.1, "v1 stream": 0.1}
 MAX_TOKENS = 200
-# The fake upstream's faults (tests/fake_upstream.py, FAULTS), as the header names them.
-FAULT_NAMES = ("500", "502", "503", "429 with Retry-After: 1", "dropped mid-answer", "malformed JSON", "hung")
 # A failed or partial usage record's error code is the answer's; a success has none.
 SUCCESS, FAILED, PARTIAL = "success", "failed", "partial"
 # What a turn's stored question becomes, by the outcome of its usage record (chat/services.py).
@@ -567,7 +566,7 @@ async def soak(args: argparse.Namespace, workdir: Path) -> bool:
               f"{config['workers']} worker(s), DJANGO_ENV=production, uvicorn")
         line("server settings", f"LLM_TIMEOUT_SECONDS={config['timeout']:g}, LLM_MAX_RETRIES={config['max_retries']}, "
              f"CONN_MAX_AGE={config['conn_max_age']}, pool={json.dumps(config['pool'])}")
-        line("fake upstream", f"{args.latency_ms:g} ms per chat completion; faults: {', '.join(FAULT_NAMES)}")
+        line("fake upstream", f"{args.latency_ms:g} ms per chat completion; faults: {', '.join(FAULTS)}")
         line("mix", ", ".join(f"{share:.0%} {kind}" for kind, share in KINDS.items())
              + " (v1: half stateless, half X-Session-Id)")
         line("server log", env["LOG_FILE"])

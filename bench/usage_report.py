@@ -22,43 +22,36 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from datetime import timezone as dt_timezone
 from decimal import Decimal
 from pathlib import Path
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
-POSTGRES_ADMIN_URL = os.environ.get("POSTGRES_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+sys.path.insert(0, str(PROJECT_DIR))
+from tests.processes import POSTGRES_ADMIN_URL, fresh_postgres_database  # noqa: E402
 MODELS = ["gpt-4o-mini", "gpt-4o", "gpt-4.1-mini", "llama3.1:8b"]
 DAYS = 90
 KEYS = 1000
 BATCH = 20_000
 
 
-def configure(database: str) -> str:
-    """Point Django at a fresh database; return a description of it."""
+def configure(database: str, workdir: Path) -> Callable[[], None]:
+    """Point Django at a fresh database (SQLite in `workdir`); return what drops it."""
     if database == "sqlite":
-        path = Path(tempfile.mkdtemp()) / "bench.sqlite3"
-        os.environ["DATABASE_URL"] = f"sqlite:///{path}"
-        return str(path)
-    import psycopg
+        os.environ["DATABASE_URL"] = f"sqlite:///{workdir / 'bench.sqlite3'}"
+        return lambda: None
+    url, drop_database = fresh_postgres_database(POSTGRES_ADMIN_URL, f"llmserver_bench_{os.getpid()}")
+    os.environ["DATABASE_URL"] = url
 
-    name = f"llmserver_bench_{os.getpid()}"
-    with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
-        admin.execute(f'CREATE DATABASE "{name}"')
-    os.environ["DATABASE_URL"] = POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    return name
-
-
-def drop(database: str, where: str) -> None:
-    if database == "postgres":
-        import psycopg
+    def drop() -> None:
         from django.db import connections
 
         connections.close_all()
-        with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{where}" WITH (FORCE)')
+        drop_database()
+
+    return drop
 
 
 def fill(records: int) -> float:
@@ -130,10 +123,10 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=7)
     args = parser.parse_args()
 
-    sys.path.insert(0, str(PROJECT_DIR))
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "llmserver.settings")
     os.environ["LOG_FILE"] = ""
-    where = configure(args.database)
+    workdir = tempfile.TemporaryDirectory(prefix="llmserver-usage-report-")
+    drop = configure(args.database, Path(workdir.name))
     import django
 
     django.setup()
@@ -166,7 +159,8 @@ def main() -> None:
                 api_key=api_key, day_from=day_from, day_to=day_to, group_by=group_by))
             print(f"{label:<34}{median:>10.1f}")
     finally:
-        drop(args.database, where)
+        drop()
+        workdir.cleanup()  # with SQLite, the whole database (1,000,000 records by default)
 
 
 if __name__ == "__main__":

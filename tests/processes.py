@@ -12,6 +12,9 @@ from collections.abc import Callable
 import psycopg
 
 
+# Where the throwaway PostgreSQL databases of the served tests and the benches are made.
+POSTGRES_ADMIN_URL = os.environ.get("POSTGRES_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+
 # What a child process takes from ours: how to run Python, never how to configure the server.
 INHERITED_VARIABLES = frozenset({"PATH", "HOME", "LANG", "TMPDIR", "VIRTUAL_ENV", "PYTHONPATH"})
 
@@ -34,13 +37,15 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def wait_until_healthy(process: subprocess.Popen, base_url: str, *, timeout_seconds: float = 30) -> None:
-    """Until `GET /api/v1/system/health` answers. Raises RuntimeError, with the process stopped,
-    if it exits or does not answer in time (a failed start must not leave a server behind)."""
+def wait_until_healthy(
+    process: subprocess.Popen, base_url: str, *, timeout_seconds: float = 30, path: str = "/api/v1/system/health"
+) -> None:
+    """Until `GET path` answers. Raises RuntimeError, with the process stopped, if it exits or
+    does not answer in time (a failed start must not leave a server behind)."""
     deadline = time.monotonic() + timeout_seconds
     while True:
         try:
-            with urllib.request.urlopen(f"{base_url}/api/v1/system/health", timeout=1):
+            with urllib.request.urlopen(f"{base_url}{path}", timeout=1):
                 return
         except OSError:
             if process.poll() is not None:

@@ -20,12 +20,18 @@ import pytest
 
 from tests.conftest import UPSTREAM_TEST_KEY
 from tests.fake_upstream import FakeUpstream
-from tests.processes import child_environment, free_port, fresh_postgres_database, stop, wait_until_healthy
+from tests.processes import (
+    POSTGRES_ADMIN_URL,
+    child_environment,
+    free_port,
+    fresh_postgres_database,
+    stop,
+    wait_until_healthy,
+)
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 STARTUP_TIMEOUT_SECONDS = 30
 # Where the served-on-PostgreSQL tests create (and drop) a database of their own.
-POSTGRES_ADMIN_URL = os.environ.get("POSTGRES_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
 @dataclass
