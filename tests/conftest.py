@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from django.apps import apps
 from django.core.cache import cache
 from django.utils import timezone
@@ -152,13 +153,16 @@ def fake_upstream(fake_upstream_server: FakeUpstream, settings: pytest.FixtureRe
 
 
 def metric(text: str, name: str, **labels: str) -> float:
-    """The value of one series in Prometheus' text format (0 when absent)."""
-    for line in text.splitlines():
-        if line.startswith(name + "{") or line.startswith(name + " "):
-            series, _, value = line.rpartition(" ")
-            if all(f'{key}="{wanted}"' in series for key, wanted in labels.items()):
-                return float(value)
-    return 0.0
+    """The sum of the samples `name` with these labels (others may differ) in Prometheus' text
+    format: 0 when the metric has none yet, and an AssertionError when the text does not hold
+    the metric at all (an error page, a renamed metric), which a 0 would hide."""
+    samples = [sample for family in text_string_to_metric_families(text) for sample in family.samples
+               if sample.name == name]
+    assert samples or f"# TYPE {name.removesuffix('_total').removesuffix('_count')} " in text, (
+        f"{name} is not in the exposition"
+    )
+    return sum(sample.value for sample in samples
+               if all(sample.labels.get(key) == wanted for key, wanted in labels.items()))
 
 
 def wait_for_a_fresh_minute(seconds_needed: float = 10) -> None:
