@@ -27,7 +27,6 @@ from chat.services import ChatTurnInput
 from chat.sse import EventStreamRenderer, event_stream_response, sse_event
 from chat.upstreams import upstream_choose
 from chat.serializers import (
-    SESSION_ID_PATTERN,
     UPSTREAM_KEY_HEADER,
     ApiKeySerializer,
     ChatRequestSerializer,
@@ -47,11 +46,6 @@ from llmserver.errors import ScopeMissing, UpstreamError, api_exception_handler
 def _errors(*statuses: int) -> dict[int, OpenApiResponse]:
     return {code: OpenApiResponse(ErrorSerializer, description="The one error shape.") for code in statuses}
 
-
-# The session addresses' path parameter, as chat/urls.py's converter matches it.
-SESSION_ID_IN_PATH = OpenApiParameter(
-    "session_id", {"type": "string", "pattern": SESSION_ID_PATTERN}, OpenApiParameter.PATH
-)
 
 # `page` and `page_size` of every list (the views are plain APIViews, so the schema generator
 # does not find the paginator on its own).
@@ -238,7 +232,6 @@ class SessionListView(APIView):
         return Response(SessionSerializer(session).data, status=status.HTTP_201_CREATED)
 
 
-@extend_schema(parameters=[SESSION_ID_IN_PATH])
 class SessionDetailView(APIView):
     @extend_schema(operation_id="sessions_retrieve", responses={200: SessionSerializer, **_errors(401, 404)})
     def get(self, request: Request, session_id: str) -> Response:
@@ -271,7 +264,6 @@ class SessionDetailView(APIView):
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
-@extend_schema(parameters=[SESSION_ID_IN_PATH])
 class SessionMessagesView(APIView):
     @extend_schema(
         operation_id="sessions_messages_list",
@@ -284,7 +276,6 @@ class SessionMessagesView(APIView):
         return _page(request, self, selectors.message_list(session=session), MessageSerializer)
 
 
-@extend_schema(parameters=[SESSION_ID_IN_PATH])
 class SessionUsageView(APIView):
     @extend_schema(
         operation_id="sessions_usage_list",
