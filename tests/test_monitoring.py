@@ -155,6 +155,8 @@ def test_system_info_reports_the_machine_the_process_and_the_service(
     assert info["cpu"]["count"] >= 1 and len(info["cpu"]["load_average"]) == 3
     assert info["memory"]["total_bytes"] > info["memory"]["available_bytes"] > 0
     assert info["process"]["rss_bytes"] > 0 and info["process"]["threads"] >= 1
+    # At least stdin, stdout, stderr and the test database's connection.
+    assert info["process"]["open_fds"] >= 4 and 0 <= info["cpu"]["percent"] <= 100
     assert info["versions"]["django"].startswith("5.2") and info["versions"]["python"].startswith("3.")
     assert info["database"]["ok"] is True and info["database"]["vendor"] in ("sqlite", "postgresql")
     assert info["cache"]["ok"] is True
