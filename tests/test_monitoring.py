@@ -11,11 +11,11 @@ from typing import Any
 
 import httpx
 import pytest
+from django.conf import settings
 from rest_framework.test import APIClient
 
 from chat.services import api_key_create
 from monitoring.logs import JsonFormatter
-from monitoring.logs import RequestIdFilter
 from tests.conftest import UPSTREAM_TEST_KEY, Persona, metric
 from tests.fake_upstream import FakeUpstream
 from tests.processes import child_environment, free_port, stop, wait_until_healthy
@@ -55,29 +55,28 @@ def test_every_response_has_a_request_id_and_a_sensible_one_sent_is_kept(alice: 
 def test_the_request_id_is_in_every_log_line_of_the_turn_and_goes_upstream(
     alice: Persona, fake_upstream: FakeUpstream
 ) -> None:
-    written = io.StringIO()
-    handler = logging.StreamHandler(written)
-    handler.addFilter(RequestIdFilter())
-    handler.setFormatter(logging.Formatter("[%(request_id)s] %(message)s"))
+    # The handlers settings.LOGGING configures (console, file), written to a buffer each: what
+    # production writes, with its own format and filters.
+    configured = [h for h in logging.getLogger().handlers if h.name in settings.LOGGING["handlers"]]
+    assert configured
+    written = {handler.name: io.StringIO() for handler in configured}
+    streams = {handler.name: handler.setStream(written[handler.name]) for handler in configured}
     logger = logging.getLogger("chat.turns")
-    logger.addHandler(handler)
     try:
         response = chat(alice, HTTP_X_REQUEST_ID="trace-abc-123")
+        logger.warning("no request here")
     finally:
-        logger.removeHandler(handler)
+        for handler in configured:
+            handler.setStream(streams[handler.name])
 
     assert response.status_code == 200
     assert fake_upstream.requests[0].headers["x-request-id"] == "trace-abc-123"
-    lines = written.getvalue().splitlines()
-    assert [line.split(" ")[:2] for line in lines] == [["[trace-abc-123]", "chat"]] * 2
-    assert "chat start" in lines[0] and "chat end" in lines[1]
-    # Outside a request there is no id.
-    logger.addHandler(handler)
-    try:
-        logger.warning("no request here")
-    finally:
-        logger.removeHandler(handler)
-    assert written.getvalue().splitlines()[-1] == "[-] no request here"
+    for name, buffer in written.items():
+        lines = [line for line in buffer.getvalue().splitlines() if " - chat.turns - " in line]
+        turn = [line for line in lines if "chat start" in line or "chat end" in line]
+        assert len(turn) == 2 and all("[trace-abc-123] chat" in line for line in turn), (name, lines)
+        # Outside a request there is no id.
+        assert lines[-1].endswith("[-] no request here"), (name, lines)
 
 
 def test_the_json_log_format_is_one_object_a_line() -> None:
