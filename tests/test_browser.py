@@ -14,6 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.conftest import UPSTREAM_TEST_KEY
+from tests.fake_upstream import Behaviour, FakeUpstream
 from tests.served import PROJECT_DIR, Served, _manage
 
 pytestmark = pytest.mark.e2e
@@ -38,8 +40,8 @@ def chromium_path() -> str:
 
 
 @pytest.fixture(scope="module")
-def staff_server(serve) -> Served:
-    served = serve()
+def staff_server(serve, fake_upstream_server: FakeUpstream) -> Served:
+    served = serve(OPENAI_BASE_URL=fake_upstream_server.base_url, OPENAI_API_KEY=UPSTREAM_TEST_KEY)
     _manage("createsuperuser", "--noinput", "--username", STAFF_USERNAME, "--email", "ops@example.com",
             env={**served.env, "DJANGO_SUPERUSER_PASSWORD": STAFF_PASSWORD})
     # Usage for the chart and the top keys: two chats through the API with a client key.
@@ -72,7 +74,9 @@ def log_in(page, served: Served) -> None:
     page.wait_for_url(f"{served.base_url}/admin/")
 
 
-def test_staff_user_sees_the_dashboard_chart_and_chats_in_the_playground(page, staff_server: Served) -> None:
+def test_staff_user_sees_the_dashboard_chart_and_chats_in_the_playground(
+    page, staff_server: Served, upstream: FakeUpstream
+) -> None:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     log_in(page, staff_server)
 
@@ -93,11 +97,15 @@ def test_staff_user_sees_the_dashboard_chart_and_chats_in_the_playground(page, s
     page.wait_for_url("**/admin/playground/")
     page.fill("#role", "You are terse.")
     page.fill("#message", "Hello from the browser test")
-    # Counts the changes to the transcript, to see the answer arrive in pieces, not at once.
+    # Upstream writes a word every 0.2 s. The answer's length, each time the transcript changes,
+    # shows whether it arrived in pieces: a buffered response would be shown whole at once.
+    upstream.enqueue(Behaviour(reply="one two three four five six", word_delay=0.2))
     page.evaluate("""() => {
-        window.transcriptChanges = 0;
-        new MutationObserver(records => { window.transcriptChanges += records.length; })
-            .observe(document.getElementById('transcript'), {childList: true, subtree: true, characterData: true});
+        window.answerLengths = [];
+        new MutationObserver(() => {
+            const answers = document.querySelectorAll('#transcript .turn.assistant .text');
+            if (answers.length) window.answerLengths.push(answers[answers.length - 1].textContent.length);
+        }).observe(document.getElementById('transcript'), {childList: true, subtree: true, characterData: true});
     }""")
     page.click("#send")
     answer = page.locator("#transcript .turn.assistant .text").last
@@ -105,11 +113,11 @@ def test_staff_user_sees_the_dashboard_chart_and_chats_in_the_playground(page, s
     page.screenshot(path=str(ARTIFACTS / "playground.png"), full_page=True)
 
     streamed = answer.inner_text()
-    assert streamed.strip()
-    # The user's turn, the assistant's turn, then one change per streamed piece (the offline
-    # provider streams word by word).
-    assert page.evaluate("window.transcriptChanges") > 5
-    assert "offline" in page.inner_text("#turn-status")
+    assert streamed == "one two three four five six"
+    lengths = page.evaluate("window.answerLengths")
+    seen_in_part = {length for length in lengths if 0 < length < len(streamed)}
+    assert len(seen_in_part) >= 3, lengths
+    assert "gpt-4o-mini" in page.inner_text("#turn-status")
     # What the browser showed is what the server stored, under the staff user's playground key.
     stored = staff_server.rows(
         "SELECT m.content, k.name FROM chat_message m JOIN chat_chatsession s ON s.id = m.session_id "
