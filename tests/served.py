@@ -6,12 +6,15 @@ The fixtures are module-scoped: a test module starts the servers it asks for onc
 stopped when the module ends."""
 
 import asyncio
+import json
 import os
 import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 from pathlib import Path
 
 import httpx
@@ -80,15 +83,15 @@ def serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
     def start(**extra_env: str) -> Served:
         workdir = tmp_path_factory.mktemp("served")
         port = free_port()
-        env = child_environment(
-            DJANGO_ENV="development",
-            LOG_FILE=str(workdir / "app.log"),
-            SERVER_PORT=str(port),
-            WEB_CONCURRENCY="2",
-            ACCESS_LOG="false",
-            DATABASE_URL=f"sqlite:///{workdir / 'db.sqlite3'}",
+        env = child_environment(**{
+            "DJANGO_ENV": "development",
+            "LOG_FILE": str(workdir / "app.log"),
+            "SERVER_PORT": str(port),
+            "WEB_CONCURRENCY": "2",
+            "ACCESS_LOG": "false",
+            "DATABASE_URL": f"sqlite:///{workdir / 'db.sqlite3'}",
             **extra_env,
-        )
+        })
         _manage("migrate", "--noinput", env=env)
         api_key = _manage("create_api_key", "--name", "e2e", env=env).strip().splitlines()[-1]
         process = subprocess.Popen(
@@ -158,3 +161,45 @@ def database_env(request: pytest.FixtureRequest) -> dict[str, str]:
     if request.param == "postgresql":
         return {"DATABASE_URL": request.getfixturevalue("postgres_url")}
     return {}
+
+
+# --- Talking to a served server -----------------------------------------------------------------
+
+
+def parse_events(lines: Iterator[str]) -> Iterator[tuple[str, Any]]:
+    """(event name, decoded data) for each server-sent event."""
+    event, data = "message", []
+    for line in lines:
+        if line.startswith("event: "):
+            event = line[len("event: "):]
+        elif line.startswith("data: "):
+            data.append(line[len("data: "):])
+        elif line == "" and data:
+            yield event, json.loads("\n".join(data))
+            event, data = "message", []
+
+
+def stream_chat(served: Served, **body: Any) -> tuple[httpx.Response, list[tuple[str, Any]]]:
+    with httpx.stream(
+        "POST", f"{served.base_url}/api/v1/chat", json={**body, "stream": True}, headers=served.headers(), timeout=30
+    ) as response:
+        if response.headers["content-type"].startswith("application/json"):
+            response.read()
+            return response, []
+        return response, list(parse_events(response.iter_lines()))
+
+
+def session_results(served: Served, session_id: str, what: str) -> list[dict]:
+    """One page of a session's `messages` or `usage`, as the API shows them."""
+    response = httpx.get(f"{served.base_url}/api/v1/sessions/{session_id}/{what}", headers=served.headers(), timeout=10)
+    assert response.status_code == 200, response.text
+    return response.json()["results"]
+
+
+def eventually(check, timeout: float = 10.0):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result or time.monotonic() > deadline:
+            return result
+        time.sleep(0.05)

@@ -21,8 +21,7 @@ import pytest
 from tests.conftest import UPSTREAM_TEST_KEY
 from tests.fake_upstream import Behaviour, FakeUpstream
 from tests.processes import free_port
-from tests.served import Served
-from tests.test_streaming import stream_chat
+from tests.served import Served, session_results, stream_chat
 
 pytestmark = pytest.mark.e2e
 
@@ -119,12 +118,6 @@ def write_table(database_env: dict[str, str]) -> Any:
     _table.clear()
 
 
-def stored(served: Served, session_id: str, what: str) -> list[dict]:
-    response = httpx.get(f"{served.base_url}/api/v1/sessions/{session_id}/{what}", headers=served.headers())
-    assert response.status_code == 200, response.text
-    return response.json()["results"]
-
-
 def send(served: Served, fault: Fault, session_id: str) -> tuple[int, str | None, httpx.Response]:
     body = {"session_id": session_id, "user_message": "Count to six"}
     if not fault.stream:
@@ -159,13 +152,13 @@ def test_fault(served: Served, upstream: FakeUpstream, fault: Fault) -> None:
     if any(b.hang or (b.delay or 0) > TIMEOUT_SECONDS for b in fault.behaviours):
         # The worker gave up on upstream and closed the connection, rather than leaving it open.
         assert upstream.disconnects == disconnects_before + 1
-    messages = stored(served, session_id, "messages")
+    messages = session_results(served, session_id, "messages")
     assert [m["role"] for m in messages] == ["user"] + (["assistant"] if fault.answer_status else [])
     assert messages[0]["status"] == fault.user_status
     if fault.answer_status:
         assert messages[1]["status"] == fault.answer_status
         assert messages[1]["content"] == (fault.answer_text or REPLY)
-    usage = stored(served, session_id, "usage")
+    usage = session_results(served, session_id, "usage")
     assert [(u["outcome"], u["error_code"], u["usage_estimated"]) for u in usage] == [fault.usage]
     # The worker is free: the next request is answered.
     assert httpx.get(f"{served.base_url}/api/v1/system/health", timeout=5).status_code == 200
@@ -191,9 +184,9 @@ def test_connection_refused_is_retried_then_503(serve, database_env: dict[str, s
 
     assert (response.status_code, response.json()["error_code"]) == (503, "upstream_unavailable")
     assert served.log_file.read_text().count("upstream retry") == MAX_RETRIES
-    messages = stored(served, "refused", "messages")
+    messages = session_results(served, "refused", "messages")
     assert [(m["role"], m["status"]) for m in messages] == [("user", "failed")]
-    usage = stored(served, "refused", "usage")
+    usage = session_results(served, "refused", "usage")
     assert [(u["outcome"], u["error_code"]) for u in usage] == [("failed", "upstream_unavailable")]
     _table.append(
         f"| connection refused | 503 upstream_unavailable | {1 + MAX_RETRIES} connects | {seconds:.2f} | failed | none | "

@@ -13,8 +13,7 @@ from chat.idempotency import Claim, StoredResponse, idempotency_claim, idempoten
 from chat.models import IdempotentRequest, Message, UsageRecord
 from tests.conftest import UPSTREAM_TEST_KEY, Persona
 from tests.fake_upstream import Behaviour, FakeUpstream
-from tests.served import Served
-from tests.test_streaming import parse_events
+from tests.served import Served, parse_events
 
 BODY = {"session_id": "s", "user_message": "What is 2 + 2?"}
 

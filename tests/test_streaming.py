@@ -3,66 +3,22 @@ upstream: the events, what is stored, and what happens when either side goes awa
 
 import json
 import socket
-import time
-from collections.abc import Iterator
-from typing import Any
 
 import httpx
 import pytest
 
 from tests.fake_upstream import Behaviour, FakeUpstream
 from tests.conftest import metric
-from tests.served import Served, _manage
+from tests.served import Served, _manage, eventually, parse_events, session_results, stream_chat
 
 pytestmark = pytest.mark.e2e
 
 LONG_REPLY = " ".join(f"word{n}" for n in range(40))
 
 
-def parse_events(lines: Iterator[str]) -> Iterator[tuple[str, Any]]:
-    """(event name, decoded data) for each server-sent event."""
-    event, data = "message", []
-    for line in lines:
-        if line.startswith("event: "):
-            event = line[len("event: "):]
-        elif line.startswith("data: "):
-            data.append(line[len("data: "):])
-        elif line == "" and data:
-            yield event, json.loads("\n".join(data))
-            event, data = "message", []
-
-
-def stream_chat(served: Served, **body: Any) -> tuple[httpx.Response, list[tuple[str, Any]]]:
-    with httpx.stream(
-        "POST", f"{served.base_url}/api/v1/chat", json={**body, "stream": True}, headers=served.headers(), timeout=30
-    ) as response:
-        if response.headers["content-type"].startswith("application/json"):
-            response.read()
-            return response, []
-        return response, list(parse_events(response.iter_lines()))
-
-
-def get(served: Served, path: str) -> Any:
-    response = httpx.get(f"{served.base_url}{path}", headers=served.headers(), timeout=10)
-    assert response.status_code == 200, response.text
-    return response.json()
-
-
 def stored(served: Served, session_id: str) -> tuple[list[dict], list[dict]]:
     """The session's messages and usage records, as the API shows them."""
-    return (
-        get(served, f"/api/v1/sessions/{session_id}/messages")["results"],
-        get(served, f"/api/v1/sessions/{session_id}/usage")["results"],
-    )
-
-
-def eventually(check, timeout: float = 10.0):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result or time.monotonic() > deadline:
-            return result
-        time.sleep(0.05)
+    return session_results(served, session_id, "messages"), session_results(served, session_id, "usage")
 
 
 def test_a_streamed_turn_sends_each_delta_then_the_json_response(upstream_server: Served, upstream: FakeUpstream) -> None:
@@ -115,7 +71,8 @@ def test_what_a_streamed_turn_stores_is_what_a_json_turn_stores(upstream_server:
     ]
     assert [m["status"] for m in streamed_messages] == ["complete", "complete"]
     assert len(streamed_usage) == 1 and streamed_usage[0]["outcome"] == "success"
-    assert get(upstream_server, "/api/v1/sessions/s-streamed")["total_tokens"] == 33
+    session = httpx.get(f"{upstream_server.base_url}/api/v1/sessions/s-streamed", headers=upstream_server.headers())
+    assert session.json()["total_tokens"] == 33
 
 
 def test_a_client_gone_mid_stream_closes_upstream_and_keeps_the_partial_answer(
