@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
 # LLM Server image: the same server as `make run` (manage.py serve, uvicorn), as a non-root user.
-# Build: docker build -t llmserver .   Run: see README.md, "Docker".
+# Build: docker build -t llmserver .   Run: see docs/operations.md, "Docker".
 
 # --- Build stage: the pinned runtime dependencies in a virtualenv ---------------------------
 FROM python:3.11-slim AS build
@@ -17,7 +17,7 @@ RUN /opt/venv/bin/pip install --only-binary=:all: -r /tmp/requirements.txt
 FROM python:3.11-slim
 
 # Production mode: the server refuses to start without SECRET_KEY, ALLOWED_HOSTS and
-# FIELD_ENCRYPTION_KEYS (see README).
+# FIELD_ENCRYPTION_KEYS (see docs/operations.md).
 # The SQLite database and the log file live in directories the app user owns; mount a volume on
 # /app/data to keep the database, or point DATABASE_URL at PostgreSQL.
 ENV PATH=/opt/venv/bin:$PATH \

@@ -5,20 +5,19 @@ daily roll-ups they imply (per key, and for all keys), into a fresh database, th
 behind GET /api/v1/usage) for one key and for all keys, grouped by day, model and key, and
 prints the median of several runs.
 
-    .venv/bin/python bench/usage_report.py --database sqlite            # a temporary SQLite file
-    .venv/bin/python bench/usage_report.py --database postgres          # a temporary PostgreSQL database
-    .venv/bin/python bench/usage_report.py --records 100000 --runs 9
+    .venv/bin/python -m bench.usage_report --database sqlite            # a temporary SQLite file
+    .venv/bin/python -m bench.usage_report --database postgres          # a temporary PostgreSQL database
+    .venv/bin/python -m bench.usage_report --records 100000 --runs 9
 
 The rows are written with bulk inserts, not through usage_record(): a million calls of the
 service would take the benchmark's time without changing what the report reads (the service's
-roll-up is tested for exactness in tests/test_usage.py and tests/test_served.py).
+roll-up is tested for exactness in tests/chat/usage/test_usage.py and tests/e2e/test_served.py).
 """
 
 import argparse
 import os
 import random
 import statistics
-import sys
 import tempfile
 import time
 from collections import defaultdict
@@ -28,9 +27,8 @@ from datetime import timezone as dt_timezone
 from decimal import Decimal
 from pathlib import Path
 
-PROJECT_DIR = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(PROJECT_DIR))
-from tests.processes import POSTGRES_ADMIN_URL, fresh_postgres_database  # noqa: E402
+from tests.support.processes import POSTGRES_ADMIN_URL, fresh_postgres_database
+
 MODELS = ["gpt-4o-mini", "gpt-4o", "gpt-4.1-mini", "llama3.1:8b"]
 DAYS = 90
 KEYS = 1000
@@ -56,7 +54,7 @@ def configure(database: str, workdir: Path) -> Callable[[], None]:
 
 def fill(records: int) -> float:
     from chat.models import ApiKey, UsageDaily, UsageDailyTotal, UsageRecord
-    from chat.selectors import usage_cost
+    from chat.usage.pricing import usage_cost
 
     started = time.perf_counter()
     keys = ApiKey.objects.bulk_create(
@@ -133,8 +131,8 @@ def main() -> None:
     from django.core.management import call_command
     from django.db import connection
 
-    from chat import selectors
     from chat.models import ApiKey, UsageDaily
+    from chat.usage import selectors
 
     try:
         call_command("migrate", verbosity=0)
@@ -155,7 +153,7 @@ def main() -> None:
             ("all keys, 90 days, by model", None, "model"),
             ("all keys, 90 days, by key", None, "key"),
         ]:
-            median = timed(args.runs, lambda: selectors.usage_report(
+            median = timed(args.runs, lambda api_key=api_key, group_by=group_by: selectors.usage_report(
                 api_key=api_key, day_from=day_from, day_to=day_to, group_by=group_by))
             print(f"{label:<34}{median:>10.1f}")
     finally:

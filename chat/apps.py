@@ -7,4 +7,4 @@ class ChatConfig(AppConfig):
 
     def ready(self) -> None:
         # Registers the OpenAPI description of the key authentication.
-        from chat import schema  # noqa: F401
+        from chat.keys import schema  # noqa: F401

@@ -1,6 +1,7 @@
 """What the chat server stores: client keys, sessions, their messages, and usage per upstream call.
 
-Integrity lives here, in named constraints the database enforces; behaviour lives in services.py.
+Integrity lives here, in named constraints the database enforces; behaviour lives in each domain's
+services (writes) and selectors (reads): chat/keys, chat/sessions, chat/turns, chat/usage, chat/upstreams.
 """
 
 from datetime import datetime
@@ -14,7 +15,7 @@ from django.utils import timezone
 class UpstreamCredential(models.Model):
     """An upstream API key (and optionally its own base URL) that operators assign to client keys.
 
-    The key is stored only encrypted (chat/crypto.py); `api_key_last4` tells credentials apart.
+    The key is stored only encrypted (chat/upstreams/crypto.py); `api_key_last4` tells credentials apart.
     """
 
     name = models.CharField(max_length=100, unique=True)
@@ -36,7 +37,7 @@ def default_scopes() -> list[str]:
 
 
 class ApiKey(models.Model):
-    """A client application's key. Only a keyed hash of the secret is stored (see chat/keys.py)."""
+    """A client application's key. Only a keyed hash of the secret is stored (see chat/keys/key_format.py)."""
 
     class Scope(models.TextChoices):
         # Chat, and read and change its own sessions and usage.
@@ -386,7 +387,9 @@ class LimitCounter(models.Model):
     class Meta:
         constraints = [
             # Serves the reservation on every turn: (key, limit, window) -> counter.
-            models.UniqueConstraint(fields=["api_key", "limit", "window_start"], name="chat_limitcounter_unique_window"),
+            models.UniqueConstraint(
+                fields=["api_key", "limit", "window_start"], name="chat_limitcounter_unique_window"
+            ),
         ]
 
     def __str__(self) -> str:

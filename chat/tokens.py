@@ -65,13 +65,13 @@ class _EncodingSpec:
 
 # Copied from tiktoken 0.14.0, tiktoken_ext/openai_public.py, functions cl100k_base() and
 # o200k_base(): both build their pattern, special tokens and expected hash inline, next to
-# the download, so there is nothing importable to reuse. tests/test_tokens.py compares
+# the download, so there is nothing importable to reuse. tests/chat/test_tokens.py compares
 # these values with the installed tiktoken's, so an upgrade that changes them fails there.
 _SPECS: Final[Mapping[str, _EncodingSpec]] = {
     "cl100k_base": _EncodingSpec(
         sha256="223921b76ee99bde995b7ff738513eef100fb51d18c93597a113bcffe865b2a7",
         pat_str=(
-            r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+|\s++$|\s*[\r\n]|\s+(?!\S)|\s"""
+            r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+|\s++$|\s*[\r\n]|\s+(?!\S)|\s"""  # noqa: E501  (tiktoken's own pattern, as it is)
         ),
         special_tokens={
             "<|endoftext|>": 100257,

@@ -1,7 +1,7 @@
 """ASGI entry point: what `manage.py serve` (and so `make run` and the Docker image) runs.
 
 In front of Django, outermost first:
-- RequestBodyLimit refuses oversized or unsized bodies before they are read (body_limit.py);
+- RequestBodyLimit refuses oversized or unsized bodies before they are read (http/body_limit.py);
 - Django's ASGI static files handler serves the static files (the admin's and the API docs'
   assets, a few hundred KB). WhiteNoise would be the usual choice, but its middleware is
   sync-only, and a sync middleware costs every request, static or not, a hop to a worker thread
@@ -17,7 +17,7 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "llmserver.settings")
 
 django_application = get_asgi_application()
 
-from llmserver.body_limit import RequestBodyLimit  # noqa: E402  (needs the settings loaded above)
+from llmserver.http.body_limit import RequestBodyLimit  # noqa: E402  (needs the settings loaded above)
 
 application = RequestBodyLimit(ASGIStaticFilesHandler(django_application))
 

@@ -1,7 +1,7 @@
 """Django's deployment security checks, run as they would be with Django's own middleware.
 
 Those checks find middleware by dotted path ("django.middleware.security.SecurityMiddleware" in
-settings.MIDDLEWARE). Ours are subclasses that run in the event loop (llmserver/middleware.py),
+settings.MIDDLEWARE). Ours are subclasses that run in the event loop (llmserver/http/middleware.py),
 so with the plain checks HSTS, the HTTPS redirect, nosniff, X-Frame-Options and CSRF would all
 pass unexamined. This check runs the registered security checks again with each middleware
 named as the Django class it extends, and reports what that run finds that the plain run

@@ -3,7 +3,7 @@
 Every setting has a development default so that `make run` works with no configuration at all.
 `DJANGO_ENV=production` switches to production mode, which refuses to start on an unsafe secret
 or Fernet key, a missing host list or DEBUG on, with a sentence saying what to set.  Each setting is documented in
-README.md and `.env.example`.
+docs/operations.md ("Configuration") and `.env.example`.
 """
 
 import math
@@ -132,18 +132,18 @@ INSTALLED_APPS = [
 # Every middleware here is async-capable: one sync-only middleware would send every request
 # through Django's single shared sync thread and serialise the whole server.
 # Django's standard middleware, each run in the event loop rather than hopping to a worker thread
-# (llmserver/middleware.py says why and what it measured).
+# (llmserver/http/middleware.py says why and what it measured).
 MIDDLEWARE = [
-    "monitoring.request_id.RequestIdMiddleware",
+    "llmserver.http.request_id.RequestIdMiddleware",
     "monitoring.metrics.RequestMetricsMiddleware",
-    "llmserver.middleware.SecurityMiddleware",
-    "llmserver.middleware.SessionMiddleware",
-    "llmserver.middleware.LocaleMiddleware",
-    "llmserver.middleware.CommonMiddleware",
-    "llmserver.middleware.CsrfViewMiddleware",
-    "llmserver.middleware.AuthenticationMiddleware",
-    "llmserver.middleware.MessageMiddleware",
-    "llmserver.middleware.XFrameOptionsMiddleware",
+    "llmserver.http.middleware.SecurityMiddleware",
+    "llmserver.http.middleware.SessionMiddleware",
+    "llmserver.http.middleware.LocaleMiddleware",
+    "llmserver.http.middleware.CommonMiddleware",
+    "llmserver.http.middleware.CsrfViewMiddleware",
+    "llmserver.http.middleware.AuthenticationMiddleware",
+    "llmserver.http.middleware.MessageMiddleware",
+    "llmserver.http.middleware.XFrameOptionsMiddleware",
 ]
 
 ROOT_URLCONF = "llmserver.urls"
@@ -195,7 +195,7 @@ DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{BASE_DIR / '
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     import sqlite3
 
-    # A chat turn's statements use RETURNING (chat/rows.py), which SQLite has since 3.35 (2021).
+    # A chat turn's statements use RETURNING (chat/turns/sql.py), which SQLite has since 3.35 (2021).
     if sqlite3.sqlite_version_info < (3, 35):
         raise ImproperlyConfigured(
             f"SQLite 3.35 or later is needed; this Python's is {sqlite3.sqlite_version}. "
@@ -266,7 +266,7 @@ STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
 
 # --- Request limits -------------------------------------------------------------------------
-# Bodies above this size get 413 before they are read (llmserver/body_limit.py).
+# Bodies above this size get 413 before they are read (llmserver/http/body_limit.py).
 MAX_REQUEST_BYTES = _number("MAX_REQUEST_BYTES", 1024 * 1024, minimum=1)
 DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_REQUEST_BYTES
 CHAT_MAX_MESSAGE_CHARS = _number("CHAT_MAX_MESSAGE_CHARS", 100_000, minimum=1)
@@ -306,7 +306,7 @@ def _tokens_by_model_prefix(name: str) -> dict[str, int]:
 LLM_CONTEXT_WINDOWS = _tokens_by_model_prefix("LLM_CONTEXT_WINDOWS")
 LLM_DEFAULT_CONTEXT_WINDOW = _number("LLM_DEFAULT_CONTEXT_WINDOW", 8192, minimum=1)
 # The most a turn may ask a model to write (`max_tokens`), the same way: operator table, built-in
-# table (chat/context.py), default. A larger request is refused before it costs anything.
+# table (chat/turns/prompt.py), default. A larger request is refused before it costs anything.
 LLM_MAX_OUTPUT_TOKENS = _tokens_by_model_prefix("LLM_MAX_OUTPUT_TOKENS")
 LLM_DEFAULT_MAX_OUTPUT_TOKENS = _number("LLM_DEFAULT_MAX_OUTPUT_TOKENS", 4096, minimum=1)
 # free_mode checks a caller's own upstream key with one cheap call and remembers the verdict this
@@ -325,15 +325,15 @@ API_KEY_LAST_USED_INTERVAL_SECONDS = _number("API_KEY_LAST_USED_INTERVAL_SECONDS
 
 # --- REST framework -------------------------------------------------------------------------
 REST_FRAMEWORK = {
-    "DEFAULT_AUTHENTICATION_CLASSES": ["chat.authentication.ApiKeyAuthentication"],
-    "DEFAULT_PERMISSION_CLASSES": ["chat.authentication.HasClientKey"],
+    "DEFAULT_AUTHENTICATION_CLASSES": ["chat.keys.authentication.ApiKeyAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["chat.keys.authentication.HasClientKey"],
     "DEFAULT_RENDERER_CLASSES": [
         "rest_framework.renderers.JSONRenderer",
         "rest_framework.renderers.BrowsableAPIRenderer",
     ],
-    "DEFAULT_PARSER_CLASSES": ["llmserver.parsers.StorableJSONParser"],
-    "EXCEPTION_HANDLER": "llmserver.errors.api_exception_handler",
-    "DEFAULT_CONTENT_NEGOTIATION_CLASS": "llmserver.negotiation.ContentNegotiation",
+    "DEFAULT_PARSER_CLASSES": ["llmserver.http.parsers.StorableJSONParser"],
+    "EXCEPTION_HANDLER": "llmserver.http.handlers.api_exception_handler",
+    "DEFAULT_CONTENT_NEGOTIATION_CLASS": "llmserver.http.negotiation.ContentNegotiation",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
 }
 
@@ -352,11 +352,16 @@ SPECTACULAR_SETTINGS = {
     "COMPONENT_SPLIT_REQUEST": True,
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
-        "chat.schema.document_common_answers",
+        "llmserver.http.schema.document_common_answers",
     ],
 }
 
 # --- Monitoring -----------------------------------------------------------------------------
+# Several worker processes keep their metrics in files under PROMETHEUS_MULTIPROC_DIR
+# (llmserver/prometheus.py). prometheus_client opens them as each metric is created, when the apps
+# load, so a directory the operator names must exist before then.
+if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]).mkdir(parents=True, exist_ok=True)
 # /metrics needs an admin key unless this is on (for a scraper on a private network).
 METRICS_PUBLIC = env.bool("METRICS_PUBLIC", default=False)
 
@@ -390,9 +395,9 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {
-        "standard": {"()": "monitoring.logs.JsonFormatter"} if LOG_FORMAT == "json" else {"format": TEXT_LOG_FORMAT},
+        "standard": {"()": "llmserver.logging.JsonFormatter"} if LOG_FORMAT == "json" else {"format": TEXT_LOG_FORMAT},
     },
-    "filters": {"request_id": {"()": "monitoring.logs.RequestIdFilter"}},
+    "filters": {"request_id": {"()": "llmserver.logging.RequestIdFilter"}},
     "handlers": _log_handlers,
     "root": {"handlers": list(_log_handlers), "level": LOG_LEVEL},
     "loggers": {

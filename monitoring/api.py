@@ -10,18 +10,18 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.utils.translation import gettext as _
 from drf_spectacular.types import OpenApiTypes
-from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from rest_framework import serializers
 from rest_framework.permissions import AllowAny
 from rest_framework.renderers import BaseRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from chat.authentication import HasClientKey
+from chat.keys.authentication import HasClientKey
 from chat.models import ApiKey
-from chat.serializers import ErrorSerializer
-from llmserver.errors import error_body
+from llmserver.http.errors import error_body
+from llmserver.http.schema import ErrorSerializer
 from monitoring import metrics, system
 
 

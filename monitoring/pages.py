@@ -23,11 +23,16 @@ from rest_framework.authentication import SessionAuthentication
 from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 
-from chat import charts, selectors, services
-from chat.api import ChatView
-from chat.sse import EventStreamRenderer
+from chat.api.views import ChatView
+from chat.exceptions import SessionNotFound
+from chat.keys.services import playground_key_for
 from chat.models import ApiKey, UsageDailyTotal
-from llmserver.errors import ApiError, SessionNotFound
+from chat.sessions import selectors as session_selectors
+from chat.upstreams.selectors import model_default_for, models_usable_by
+from chat.usage import charts
+from chat.usage.selectors import usage_failures_recent, usage_overview
+from llmserver.http.errors import ApiError
+from llmserver.http.sse import EventStreamRenderer
 from monitoring import system
 
 DASHBOARD_DAYS = 30
@@ -51,7 +56,7 @@ def dashboard(request: HttpRequest) -> HttpResponse:
     """System stats, today's tokens and cost, 30 days of tokens per model, top keys, recent errors."""
     today = timezone.now().date()  # the roll-ups' days are UTC days
     day_from = today - timedelta(days=DASHBOARD_DAYS - 1)
-    overview = selectors.usage_overview(day_from=day_from, day_to=today, top_keys=TOP_KEYS)
+    overview = usage_overview(day_from=day_from, day_to=today, top_keys=TOP_KEYS)
     today_rows = [group for group in overview["day_model"] if group["day"] == today]
     chart = charts.daily_tokens_svg(charts.points_from(overview["day_model"]), day_from=day_from, day_to=today)
     return TemplateResponse(request, "monitoring/dashboard.html", {
@@ -68,24 +73,24 @@ def dashboard(request: HttpRequest) -> HttpResponse:
         "period": {"day_from": day_from, "day_to": today, **overview["totals"]},
         "chart": mark_safe(chart),  # built from numbers and escaped model names only
         "top_keys": overview["top_keys"],
-        "failures": selectors.usage_failures_recent(limit=RECENT_FAILURES),
+        "failures": usage_failures_recent(limit=RECENT_FAILURES),
     })
 
 
 @operator_only
 def playground(request: HttpRequest) -> HttpResponse:
     """Chat with the server as a client app would, streaming. `?session=<id>` continues a session."""
-    api_key = services.playground_key_for(user=request.user)
+    api_key = playground_key_for(user=request.user)
     session = None
     messages: list[Any] = []
     session_id = request.GET.get("session", "")
     if session_id:
         try:
-            session = selectors.session_get(api_key=api_key, public_id=session_id)
+            session = session_selectors.session_get(api_key=api_key, public_id=session_id)
         except SessionNotFound:
             session = None
         else:
-            messages = list(selectors.message_list(session=session))
+            messages = list(session_selectors.message_list(session=session))
     recent_models = UsageDailyTotal.objects.filter(
         day__gte=timezone.now().date() - timedelta(days=DASHBOARD_DAYS)
     ).values_list("model", flat=True).distinct()
@@ -93,11 +98,11 @@ def playground(request: HttpRequest) -> HttpResponse:
         **admin.site.each_context(request),
         "title": _("Playground"),
         "api_key": api_key,
-        "sessions": selectors.session_list(api_key=api_key)[:PLAYGROUND_SESSIONS],
+        "sessions": session_selectors.session_list(api_key=api_key)[:PLAYGROUND_SESSIONS],
         "session": session,
         "messages": messages,
-        "model": session.model if session else services.model_default_for(api_key),
-        "models": sorted({*services.models_usable_by(api_key), *recent_models}),
+        "model": session.model if session else model_default_for(api_key),
+        "models": sorted({*models_usable_by(api_key), *recent_models}),
     })
 
 
@@ -118,7 +123,7 @@ class StaffSessionAuthentication(SessionAuthentication):
         if authenticated is None or not is_operator(authenticated[0]):
             raise StaffLoginRequired()
         user = authenticated[0]
-        return user, services.playground_key_for(user=user)
+        return user, playground_key_for(user=user)
 
 
 class PlaygroundChatView(ChatView):

@@ -32,7 +32,8 @@ def _timed(check) -> dict[str, Any]:  # type: ignore[no-untyped-def]
     try:
         check()
     except Exception as exc:  # noqa: BLE001 - reported, not raised: this is a health report
-        return {"ok": False, "error": type(exc).__name__, "latency_ms": round((time.perf_counter() - started) * 1000, 2)}
+        latency_ms = round((time.perf_counter() - started) * 1000, 2)
+        return {"ok": False, "error": type(exc).__name__, "latency_ms": latency_ms}
     return {"ok": True, "latency_ms": round((time.perf_counter() - started) * 1000, 2)}
 
 
@@ -111,7 +112,9 @@ def system_info(*, counts: bool = True) -> dict[str, Any]:
             "load_average": [round(load, 2) for load in os.getloadavg()],
         },
         "memory": {"total_bytes": memory.total, "available_bytes": memory.available, "percent": memory.percent},
-        "disk": {"path": str(settings.BASE_DIR), "total_bytes": disk.total, "free_bytes": disk.free, "percent": disk.percent},
+        "disk": {
+            "path": str(settings.BASE_DIR), "total_bytes": disk.total, "free_bytes": disk.free, "percent": disk.percent,
+        },
         "process": process,
         "versions": {"python": platform.python_version(), "django": django.get_version(), "app": APP_VERSION},
         "database": {"vendor": connection.vendor, **database},

@@ -5,9 +5,9 @@ from typing import Any
 
 from django.core.management.base import CommandError, CommandParser
 
+from chat.exceptions import ApiKeyNotFound
+from chat.keys.selectors import api_key_get
 from chat.models import ApiKey
-from chat.selectors import api_key_get
-from llmserver.errors import ApiKeyNotFound
 
 
 def api_key_from_argument(key_id: str) -> ApiKey:

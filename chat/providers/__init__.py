@@ -16,7 +16,10 @@ from chat.providers.openai_compatible import OpenAICompatibleProvider
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ChatProvider", "Completion", "CompletionRequest", "StreamDelta", "default_model", "get_provider", "log_provider_configuration", "upstream_configured"]
+__all__ = [
+    "ChatProvider", "Completion", "CompletionRequest", "StreamDelta", "default_model", "get_provider",
+    "log_provider_configuration", "upstream_configured",
+]
 
 
 def upstream_configured() -> bool:

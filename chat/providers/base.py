@@ -42,7 +42,7 @@ class StreamDelta:
 
 
 class ChatProvider(Protocol):
-    """An upstream model. Implementations raise `llmserver.errors.UpstreamError` subclasses."""
+    """An upstream model. Implementations raise `chat.exceptions.UpstreamError` subclasses."""
 
     name: str
 

@@ -34,11 +34,7 @@ from django.utils.translation import gettext_lazy as _
 from openai.types.chat import ChatCompletionChunk
 
 from chat import tokens
-from chat.providers.base import Completion, CompletionRequest, StreamDelta
-from llmserver.parsers import storable
-from monitoring.logs import NO_REQUEST, current_request_id
-from monitoring.request_id import REQUEST_ID_HEADER
-from llmserver.errors import (
+from chat.exceptions import (
     UpstreamAuthFailed,
     UpstreamBadResponse,
     UpstreamError,
@@ -48,6 +44,10 @@ from llmserver.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from chat.providers.base import Completion, CompletionRequest, StreamDelta
+from llmserver.http.parsers import storable
+from llmserver.http.request_id import REQUEST_ID_HEADER
+from llmserver.logging import NO_REQUEST, current_request_id
 
 logger = logging.getLogger(__name__)
 

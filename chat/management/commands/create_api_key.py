@@ -7,10 +7,10 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
 
+from chat.keys.services import api_key_create
 from chat.management.options import add_limit_arguments, limit_changes
 from chat.models import ApiKey, UpstreamCredential
-from chat.services import api_key_create
-from llmserver.errors import ApiError
+from llmserver.http.errors import ApiError
 
 
 class Command(BaseCommand):

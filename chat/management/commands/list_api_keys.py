@@ -4,7 +4,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand
 
-from chat.selectors import api_key_list
+from chat.keys.selectors import api_key_list
 
 COLUMNS = ("KEY ID", "NAME", "KEY", "SCOPES", "STATUS", "LAST USED", "TOKENS", "CREATED")
 
@@ -27,6 +27,6 @@ class Command(BaseCommand):
         ]
         widths = [max(len(row[i]) for row in [COLUMNS, *rows]) for i in range(len(COLUMNS))]
         for row in [COLUMNS, *rows]:
-            self.stdout.write("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+            self.stdout.write("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
         active = sum(1 for key in keys if key.status == "active")
         self.stdout.write(f"{len(keys)} keys, {active} active.")

@@ -4,7 +4,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand
 
-from chat.idempotency import idempotency_prune
+from chat.api.idempotency import idempotency_prune
 
 
 class Command(BaseCommand):

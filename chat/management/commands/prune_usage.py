@@ -4,7 +4,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from chat.services import usage_prune
+from chat.usage.services import usage_prune
 
 
 class Command(BaseCommand):
@@ -17,4 +17,6 @@ class Command(BaseCommand):
         if options["older_than"] < 1:
             raise CommandError("--older-than must be at least 1 day.")
         deleted, cutoff = usage_prune(older_than_days=options["older_than"])
-        self.stdout.write(f"Deleted {deleted} usage record(s) from before {cutoff:%Y-%m-%d %H:%M} UTC; daily roll-ups kept.")
+        self.stdout.write(
+            f"Deleted {deleted} usage record(s) from before {cutoff:%Y-%m-%d %H:%M} UTC; daily roll-ups kept."
+        )

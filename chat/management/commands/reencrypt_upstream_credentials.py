@@ -4,8 +4,8 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
-from chat import crypto
-from chat.services import upstream_credentials_reencrypt
+from chat.upstreams import crypto
+from chat.upstreams.services import upstream_credentials_reencrypt
 
 
 class Command(BaseCommand):

@@ -4,8 +4,8 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
 
+from chat.keys.services import api_key_revoke
 from chat.management.options import api_key_from_argument
-from chat.services import api_key_revoke
 
 
 class Command(BaseCommand):

@@ -5,9 +5,9 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from chat.keys.services import api_key_rotate
 from chat.management.options import api_key_from_argument
-from chat.services import api_key_rotate
-from llmserver.errors import ApiError
+from llmserver.http.errors import ApiError
 
 
 class Command(BaseCommand):

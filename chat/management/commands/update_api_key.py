@@ -4,10 +4,10 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from chat.keys.services import api_key_update
 from chat.management.options import add_limit_arguments, api_key_from_argument, limit_changes
 from chat.models import ApiKey
-from chat.services import api_key_update
-from llmserver.errors import ApiError
+from llmserver.http.errors import ApiError
 
 
 class Command(BaseCommand):

@@ -6,8 +6,8 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from chat import selectors
 from chat.management.options import api_key_from_argument
+from chat.usage import selectors
 
 COLUMNS = ("DAY", "MODEL", "REQUESTS", "PROMPT", "COMPLETION", "TOTAL", "COST (USD)")
 
@@ -36,6 +36,6 @@ class Command(BaseCommand):
                      str(totals["completion_tokens"]), str(totals["total_tokens"]), f"{totals['cost']:.6f}"))
         widths = [max(len(row[i]) for row in [COLUMNS, *rows]) for i in range(len(COLUMNS))]
         for row in [COLUMNS, *rows]:
-            self.stdout.write("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+            self.stdout.write("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
         scope = f"key {api_key.key_id}" if api_key else "all keys"
         self.stdout.write(f"Usage of {scope} from {day_from} to {day_to} (UTC).")

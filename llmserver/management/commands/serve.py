@@ -10,20 +10,20 @@ import uvicorn
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 
-from monitoring import metrics
+from llmserver import prometheus
 
 
 @contextlib.contextmanager
 def _metrics_directory(workers: int) -> Iterator[None]:
-    """Several workers keep their metrics in files under PROMETHEUS_MULTIPROC_DIR (monitoring/
-    metrics.py): without one named, a fresh directory, set before the workers start and removed
+    """Several workers keep their metrics in files under PROMETHEUS_MULTIPROC_DIR (llmserver/
+    prometheus.py): without one named, a fresh directory, set before the workers start and removed
     when the server stops. A named one loses the files of processes that have ended (a previous
     run's), which would be added to this run's counts."""
-    if metrics.MULTIPROCESS_DIR_VARIABLE in os.environ:
-        metrics.remove_files_of_ended_processes()
+    if prometheus.MULTIPROCESS_DIR_VARIABLE in os.environ:
+        prometheus.remove_files_of_ended_processes()
     elif workers > 1:
         with tempfile.TemporaryDirectory(prefix="llmserver-metrics-") as directory:
-            os.environ[metrics.MULTIPROCESS_DIR_VARIABLE] = directory
+            os.environ[prometheus.MULTIPROCESS_DIR_VARIABLE] = directory
             yield
         return
     yield

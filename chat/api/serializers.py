@@ -1,0 +1,270 @@
+"""Input and output shapes of the chat API. Validation only: no business rules here."""
+
+from datetime import datetime, timedelta
+from datetime import timezone as dt_timezone
+from typing import Any
+
+from django.conf import settings
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.core.validators import RegexValidator
+from django.utils.translation import gettext_lazy as _
+from rest_framework import serializers
+
+from chat.models import ApiKey, Message, UsageRecord
+from chat.sessions.ids import session_id_validator
+from chat.turns.steps import DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE
+from llmserver.http.fields import StrictBooleanField, StrictCharField, StrictFloatField, StrictIntegerField
+
+HISTORY_ROLES = ("user", "assistant", "system")
+UPSTREAM_KEY_HEADER = "X-Upstream-Api-Key"
+UPSTREAM_KEY_MAX_LENGTH = 512
+upstream_key_validator = RegexValidator(
+    r"^[\x21-\x7e]*$", _("An upstream API key is printable ASCII without spaces."), code="invalid_upstream_key"
+)
+
+
+def _session_id_field(**kwargs: Any) -> StrictCharField:
+    return StrictCharField(max_length=128, validators=[session_id_validator], **kwargs)
+
+
+def _memory_field(**kwargs: Any) -> serializers.ListField:
+    return serializers.ListField(
+        child=StrictCharField(max_length=2000),
+        max_length=settings.CHAT_MAX_MEMORY_FACTS,
+        help_text="Facts to remember, sent every turn as one system message ('Memory:' then one fact per line).",
+        **kwargs,
+    )
+
+
+class ChatRequestSerializer(serializers.Serializer):
+    """`POST /api/v1/chat`: the original ChatRequest contract."""
+
+    session_id = _session_id_field(
+        required=False, allow_blank=True, default="",
+        help_text="The conversation to continue, scoped to your key. Empty: the server starts a new one.",
+    )
+    user_message = StrictCharField(
+        max_length=settings.CHAT_MAX_MESSAGE_CHARS,
+        trim_whitespace=False,
+        error_messages={"required": _("user_message is required."), "blank": _("user message cannot be empty")},
+    )
+    role = StrictCharField(
+        required=False, allow_blank=True, default="", trim_whitespace=False, max_length=20_000,
+        help_text="Persona / system prompt; stored on the session and sent first every turn.",
+    )
+    max_tokens = StrictIntegerField(required=False, default=DEFAULT_MAX_TOKENS, min_value=1, max_value=1_000_000)
+    temperature = StrictFloatField(required=False, default=DEFAULT_TEMPERATURE, min_value=0.0, max_value=2.0)
+    model = StrictCharField(required=False, allow_blank=True, default="", max_length=200)
+    memory_context = _memory_field(required=False, default=list)
+    conversation_history = serializers.ListField(
+        child=StrictCharField(trim_whitespace=False, max_length=settings.CHAT_MAX_MESSAGE_CHARS),
+        required=False,
+        default=list,
+        max_length=settings.CHAT_MAX_HISTORY_IMPORT,
+        help_text=(
+            "Earlier turns as 'role:content' strings (role is user, assistant or system). Imported only "
+            "into a session with no stored messages; otherwise ignored, with a warning."
+        ),
+    )
+
+    api_key = StrictCharField(
+        required=False, allow_blank=True, default="", write_only=True, max_length=UPSTREAM_KEY_MAX_LENGTH,
+        validators=[upstream_key_validator],
+        help_text=(
+            "Your own upstream (e.g. OpenAI) key, for this request only; never stored. The header "
+            "X-Upstream-Api-Key does the same."
+        ),
+    )
+    free_mode = StrictBooleanField(
+        required=False, default=False,
+        help_text="With your own key: check it first and fall back to the server's key if it is not accepted.",
+    )
+    stream = StrictBooleanField(
+        required=False, default=False,
+        help_text=(
+            "Answer as server-sent events (text/event-stream): `delta` events with {\"delta\": \"...\"}, "
+            "then one `done` event with this endpoint's JSON response, or one `error` event in the error shape."
+        ),
+    )
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        """Resolve the caller's upstream key from the header (passed in the context) or the body."""
+        header_key = self.context.get("upstream_key_header", "")
+        if header_key:
+            if len(header_key) > UPSTREAM_KEY_MAX_LENGTH:
+                raise serializers.ValidationError({UPSTREAM_KEY_HEADER: [_("The upstream API key is too long.")]})
+            try:
+                upstream_key_validator(header_key)
+            except DjangoValidationError as error:
+                raise serializers.ValidationError({UPSTREAM_KEY_HEADER: list(error.messages)}) from None
+        if header_key and attrs["api_key"] and header_key != attrs["api_key"]:
+            raise serializers.ValidationError(
+                {"api_key": [_("Send your upstream key in X-Upstream-Api-Key or in api_key, not two different ones.")]}
+            )
+        attrs["upstream_key"] = header_key or attrs.pop("api_key")
+        return attrs
+
+    def validate_user_message(self, value: str) -> str:
+        if not value.strip():
+            raise serializers.ValidationError(_("user message cannot be empty"), code="blank")
+        return value
+
+    def validate_conversation_history(self, value: list[str]) -> list[tuple[str, str]]:
+        turns = []
+        for index, entry in enumerate(value):
+            role, separator, content = entry.partition(":")
+            role = role.strip().lower()
+            if not separator or role not in HISTORY_ROLES or not content.strip():
+                raise serializers.ValidationError(
+                    _("Entry %(index)d is not 'role:content' with role user, assistant or system.") % {"index": index}
+                )
+            turns.append((role, content.strip()))
+        return turns
+
+
+class ChatResponseSerializer(serializers.Serializer):
+    success = serializers.BooleanField(default=True)
+    session_id = serializers.CharField()
+    message_id = serializers.IntegerField(help_text="The stored assistant message.")
+    user_message_id = serializers.IntegerField(help_text="The stored user message.")
+    response_text = serializers.CharField()
+    model = serializers.CharField()
+    prompt_tokens = serializers.IntegerField()
+    completion_tokens = serializers.IntegerField()
+    total_tokens_used = serializers.IntegerField()
+    response_time = serializers.FloatField(help_text="Seconds from request to answer.")
+    key_source = serializers.ChoiceField(choices=["default", "user_provided"])
+    finish_reason = serializers.CharField(allow_null=True)
+    warnings = serializers.ListField(child=serializers.CharField())
+    error_message = serializers.CharField(allow_null=True, default=None)
+
+
+class SessionCreateSerializer(serializers.Serializer):
+    session_id = _session_id_field(required=False, allow_blank=True, default="")
+    title = StrictCharField(required=False, allow_blank=True, default="", max_length=200)
+    role = StrictCharField(required=False, allow_blank=True, default="", trim_whitespace=False, max_length=20_000)
+    model = StrictCharField(required=False, allow_blank=True, default="", max_length=200)
+    memory_context = _memory_field(required=False, default=list)
+
+
+class SessionUpdateSerializer(serializers.Serializer):
+    """PATCH: only the fields sent change; `memory_context` replaces the stored facts."""
+
+    title = StrictCharField(required=False, allow_blank=True, max_length=200)
+    role = StrictCharField(required=False, allow_blank=True, trim_whitespace=False, max_length=20_000)
+    model = StrictCharField(required=False, allow_blank=True, max_length=200)
+    memory_context = _memory_field(required=False)
+
+
+class SessionSerializer(serializers.Serializer):
+    session_id = serializers.CharField(source="public_id")
+    title = serializers.CharField()
+    role = serializers.CharField(source="system_prompt")
+    model = serializers.CharField()
+    memory_context = serializers.ListField(child=serializers.CharField(), source="memory_facts")
+    prompt_tokens = serializers.IntegerField(source="prompt_tokens_total")
+    completion_tokens = serializers.IntegerField(source="completion_tokens_total")
+    total_tokens = serializers.IntegerField()
+    created_at = serializers.DateTimeField()
+    updated_at = serializers.DateTimeField()
+
+
+class MessageSerializer(serializers.Serializer):
+    message_id = serializers.IntegerField(source="pk")
+    role = serializers.ChoiceField(choices=Message.Role.choices)
+    content = serializers.CharField()
+    status = serializers.ChoiceField(choices=Message.Status.choices)
+    prompt_tokens = serializers.IntegerField()
+    completion_tokens = serializers.IntegerField()
+    model = serializers.CharField()
+    latency_ms = serializers.IntegerField(allow_null=True)
+    error_code = serializers.CharField()
+    created_at = serializers.DateTimeField()
+
+
+class UsageRecordSerializer(serializers.Serializer):
+    """One upstream call and what it cost."""
+
+    model = serializers.CharField()
+    prompt_tokens = serializers.IntegerField()
+    completion_tokens = serializers.IntegerField()
+    total_tokens = serializers.IntegerField()
+    usage_estimated = serializers.BooleanField(help_text="True when upstream reported no usage and the server counted.")
+    key_source = serializers.ChoiceField(choices=UsageRecord.KeySource.choices)
+    outcome = serializers.ChoiceField(choices=UsageRecord.Outcome.choices)
+    error_code = serializers.CharField()
+    latency_ms = serializers.IntegerField()
+    created_at = serializers.DateTimeField()
+
+
+class ApiKeySerializer(serializers.Serializer):
+    """A key as lists show it: its id and last characters, never the secret or its hash."""
+
+    key_id = serializers.CharField()
+    key = serializers.CharField(source="masked")
+    name = serializers.CharField()
+    scopes = serializers.ListField(child=serializers.CharField())
+    allowed_models = serializers.ListField(child=serializers.CharField())
+    status = serializers.ChoiceField(choices=ApiKey.Status.choices)
+    expires_at = serializers.DateTimeField(allow_null=True)
+    revoked_at = serializers.DateTimeField(allow_null=True)
+    last_used_at = serializers.DateTimeField(allow_null=True)
+    total_tokens = serializers.IntegerField()
+    created_at = serializers.DateTimeField()
+
+
+USAGE_DEFAULT_DAYS = 30
+USAGE_MAX_DAYS = 366
+
+
+class UsageQuerySerializer(serializers.Serializer):
+    """`GET /api/v1/usage?from=YYYY-MM-DD&to=YYYY-MM-DD&group_by=day|model|key[&key=KEY_ID]`."""
+
+    to = serializers.DateField(required=False, help_text="Last day (UTC), inclusive. Default: today.")
+    group_by = serializers.ChoiceField(choices=["day", "model", "key"], default="day")
+    key = serializers.CharField(required=False, max_length=16, help_text="A key id (admin keys only).")
+
+    def get_fields(self) -> dict[str, serializers.Field]:
+        # `from` is a Python keyword, so it cannot be declared as a class attribute.
+        fields = super().get_fields()
+        fields["from"] = serializers.DateField(
+            required=False, help_text=f"First day (UTC), inclusive. Default: {USAGE_DEFAULT_DAYS - 1} days before `to`."
+        )
+        return fields
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        day_to = attrs.get("to") or datetime.now(dt_timezone.utc).date()
+        day_from = attrs.get("from") or day_to - timedelta(days=USAGE_DEFAULT_DAYS - 1)
+        if day_from > day_to:
+            raise serializers.ValidationError({"from": [_("'from' must not be after 'to'.")]})
+        if (day_to - day_from).days >= USAGE_MAX_DAYS:
+            raise serializers.ValidationError(
+                {"from": [_("A report covers at most %(days)d days.") % {"days": USAGE_MAX_DAYS}]}
+            )
+        return {**attrs, "from": day_from, "to": day_to}
+
+
+class UsageTotalsSerializer(serializers.Serializer):
+    requests = serializers.IntegerField()
+    prompt_tokens = serializers.IntegerField()
+    completion_tokens = serializers.IntegerField()
+    total_tokens = serializers.IntegerField()
+    cost = serializers.DecimalField(max_digits=20, decimal_places=8, help_text="USD, as a string.")
+
+
+class UsageGroupSerializer(UsageTotalsSerializer):
+    day = serializers.DateField(required=False)
+    model = serializers.CharField(required=False)
+    key_id = serializers.CharField(required=False, source="api_key__key_id")
+    name = serializers.CharField(required=False, source="api_key__name")
+
+
+class UsageReportSerializer(serializers.Serializer):
+    def get_fields(self) -> dict[str, serializers.Field]:
+        return {
+            "from": serializers.DateField(),
+            "to": serializers.DateField(),
+            "group_by": serializers.CharField(),
+            "totals": UsageTotalsSerializer(),
+            "groups": UsageGroupSerializer(many=True),
+        }

@@ -1,0 +1,202 @@
+"""Building the prompt from stored history: the core rule of the server. Pure functions.
+
+Order: system role (persona) -> pinned memory (one system message, "Memory:" then one fact per
+line) -> stored history, the most recent messages that fit -> the new user message.
+
+The budget is the model's context window minus `max_tokens` (the room the answer needs). The
+persona, the memory and the new message are always sent; history fills what is left, newest
+first, and stops at the first message that does not fit: a message is never split, and older
+messages are never sent without the newer ones (that would make a gap in the conversation).
+"""
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from django.conf import settings
+from django.utils.translation import gettext as _
+
+from chat import tokens
+from chat.exceptions import ContextTooLong, MaxTokensTooLarge
+
+# Context windows (tokens) of well-known models, matched by longest prefix. Operators add their
+# own with LLM_CONTEXT_WINDOWS; anything unknown gets LLM_DEFAULT_CONTEXT_WINDOW.
+KNOWN_CONTEXT_WINDOWS: dict[str, int] = {
+    "gpt-5": 400_000,
+    "gpt-4.1": 1_047_576,
+    "gpt-4o": 128_000,
+    "gpt-4-turbo": 128_000,
+    "gpt-4-32k": 32_768,
+    "gpt-4": 8_192,
+    "gpt-3.5-turbo": 16_385,
+    "o1": 200_000,
+    "o3": 200_000,
+    "o4-mini": 200_000,
+}
+
+
+# The most each model writes in one answer (its `max_tokens` ceiling), the same way: operators
+# add their own with LLM_MAX_OUTPUT_TOKENS; anything unknown gets LLM_DEFAULT_MAX_OUTPUT_TOKENS.
+KNOWN_MAX_OUTPUT_TOKENS: dict[str, int] = {
+    "gpt-5": 128_000,
+    "gpt-4.1": 32_768,
+    "gpt-4o": 16_384,
+    "gpt-4-turbo": 4_096,
+    "gpt-4-32k": 4_096,
+    "gpt-4": 8_192,
+    "gpt-3.5-turbo": 4_096,
+    "o1": 100_000,
+    "o3": 100_000,
+    "o4-mini": 100_000,
+}
+
+
+def _by_longest_prefix(model: str, tables: tuple[dict[str, int], ...], default: int) -> int:
+    for table in tables:
+        matches = [prefix for prefix in table if model == prefix or model.startswith(prefix)]
+        if matches:
+            return table[max(matches, key=len)]
+    return default
+
+
+def context_window_for_model(model: str) -> int:
+    """The context window of `model` in tokens: operator setting, then built-in table, then default."""
+    return _by_longest_prefix(
+        model, (settings.LLM_CONTEXT_WINDOWS, KNOWN_CONTEXT_WINDOWS), settings.LLM_DEFAULT_CONTEXT_WINDOW
+    )
+
+
+def max_output_tokens_for_model(model: str) -> int:
+    """The largest `max_tokens` a turn may ask of `model`: operator setting, built-in table, default."""
+    return _by_longest_prefix(
+        model, (settings.LLM_MAX_OUTPUT_TOKENS, KNOWN_MAX_OUTPUT_TOKENS), settings.LLM_DEFAULT_MAX_OUTPUT_TOKENS
+    )
+
+
+def _window_for_the_answer(*, model: str, max_tokens: int) -> int:
+    """The model's context window, once `max_tokens` is found within what the model writes."""
+    ceiling = max_output_tokens_for_model(model)
+    if max_tokens > ceiling:
+        raise MaxTokensTooLarge(
+            _("max_tokens=%(max_tokens)d is more than %(model)s writes in one answer (at most %(ceiling)d).")
+            % {"max_tokens": max_tokens, "model": model, "ceiling": ceiling},
+            details={"max_tokens": max_tokens, "max_output_tokens": ceiling, "model": model},
+        )
+    return context_window_for_model(model)
+
+
+def _too_long(message: str, *, needed: int, model: str, window: int, max_tokens: int) -> ContextTooLong:
+    """`message`: a sentence with the placeholders needed, model, window and max_tokens."""
+    return ContextTooLong(
+        message % {"needed": needed, "model": model, "window": window, "max_tokens": max_tokens},
+        details={"needed_tokens": needed, "context_window": window, "max_tokens": max_tokens},
+    )
+
+
+@dataclass(frozen=True)
+class HistoryMessage:
+    """A stored message as the prompt builder needs it."""
+
+    role: str
+    content: str
+    # Prompt tokens of this message in `token_encoding` (see Message.token_count).
+    token_count: int
+    token_encoding: str
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """The messages to send upstream, and how they were chosen."""
+
+    messages: list[dict[str, str]]
+    # Exact prompt tokens for OpenAI's encodings (our estimate for other models).
+    prompt_tokens: int
+    history_used: int
+    history_truncated: bool
+    warnings: list[str] = field(default_factory=list)
+    # The new user message's own tokens (build_prompt), so that storing it need not count again.
+    user_message_tokens: int = 0
+
+
+def memory_message(memory_facts: list[str]) -> str:
+    return "Memory:\n" + "\n".join(memory_facts)
+
+
+def fixed_prompt(messages: list[dict[str, str]], *, model: str, max_tokens: int) -> Prompt:
+    """The prompt of a turn that keeps no conversation: the caller's messages as they are, checked
+    against the same budget as `build_prompt` (the model's window minus `max_tokens`).
+
+    Raises MaxTokensTooLarge over the model's ceiling, ContextTooLong when the messages do not fit.
+    """
+    window = _window_for_the_answer(model=model, max_tokens=max_tokens)
+    prompt_tokens = tokens.count_prompt_tokens(messages, model=model)
+    if prompt_tokens + max_tokens > window:
+        raise _too_long(
+            _(
+                "The messages do not fit in the context window: they need %(needed)d tokens, but %(model)s "
+                "has %(window)d tokens of which max_tokens=%(max_tokens)d are kept for the answer. Send fewer "
+                "messages or lower max_tokens."
+            ),
+            needed=prompt_tokens, model=model, window=window, max_tokens=max_tokens,
+        )
+    return Prompt(messages=messages, prompt_tokens=prompt_tokens, history_used=0, history_truncated=False)
+
+
+def build_prompt(
+    *,
+    model: str,
+    max_tokens: int,
+    system_prompt: str,
+    memory_facts: list[str],
+    history_newest_first: Iterable[HistoryMessage],
+    user_message: str,
+) -> Prompt:
+    """Choose the messages for one turn. `history_newest_first` is consumed lazily, only as far
+    as the budget reaches, so a session's length does not change a turn's cost.
+
+    Raises MaxTokensTooLarge over the model's ceiling, ContextTooLong when the persona, memory and
+    new message alone exceed the budget.
+    """
+    window = _window_for_the_answer(model=model, max_tokens=max_tokens)
+    encoding = tokens.encoding_name_for_model(model)
+    budget = window - max_tokens
+
+    head: list[dict[str, str]] = []
+    if system_prompt:
+        head.append({"role": "system", "content": system_prompt})
+    if memory_facts:
+        head.append({"role": "system", "content": memory_message(memory_facts)})
+    tail = {"role": "user", "content": user_message}
+    user_message_tokens = tokens.count_message_tokens(role="user", content=user_message, model=model)
+    used = tokens.REPLY_PRIMING_TOKENS + user_message_tokens + sum(
+        tokens.count_message_tokens(role=m["role"], content=m["content"], model=model) for m in head
+    )
+    if used > budget:
+        raise _too_long(
+            _(
+                "The message does not fit in the context window: the persona, memory and new message "
+                "need %(needed)d tokens, but %(model)s has %(window)d tokens of which max_tokens=%(max_tokens)d "
+                "are kept for the answer. Shorten the message or lower max_tokens."
+            ),
+            needed=used, model=model, window=window, max_tokens=max_tokens,
+        )
+
+    chosen: list[dict[str, str]] = []
+    truncated = False
+    for message in history_newest_first:
+        size = message.token_count
+        if message.token_encoding != encoding:
+            # Stored under another model's encoding: count again for this one.
+            size = tokens.count_message_tokens(role=message.role, content=message.content, model=model)
+        if used + size > budget:
+            truncated = True
+            break
+        used += size
+        chosen.append({"role": message.role, "content": message.content})
+    chosen.reverse()
+    return Prompt(
+        messages=[*head, *chosen, tail],
+        prompt_tokens=used,
+        history_used=len(chosen),
+        history_truncated=truncated,
+        user_message_tokens=user_message_tokens,
+    )

@@ -1,0 +1,52 @@
+"""Serializer fields that take only the JSON type they name: DRF's own fields quietly convert
+(`5` becomes "5", "yes" becomes True, "5" becomes 5), and a client that sends the wrong type
+should learn it rather than have it guessed."""
+
+from typing import Any
+
+from django.utils.translation import gettext_lazy as _
+from rest_framework import serializers
+
+
+class StrictCharField(serializers.CharField):
+    """A string that must be a JSON string: DRF's own CharField quietly turns 5 into "5"."""
+
+    default_error_messages = {"invalid": _("Must be a string.")}
+
+    def to_internal_value(self, data: Any) -> str:
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+class StrictBooleanField(serializers.BooleanField):
+    """A boolean that must be a JSON boolean, not "yes" or 1."""
+
+    default_error_messages = {"invalid": _("Must be true or false.")}
+
+    def to_internal_value(self, data: Any) -> bool:
+        if not isinstance(data, bool):
+            self.fail("invalid")
+        return data
+
+
+class StrictIntegerField(serializers.IntegerField):
+    """An integer that must be a JSON integer, not "5", 5.0 or true."""
+
+    default_error_messages = {"invalid": _("Must be an integer.")}
+
+    def to_internal_value(self, data: Any) -> int:
+        if isinstance(data, bool) or not isinstance(data, int):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+class StrictFloatField(serializers.FloatField):
+    """A number that must be a JSON number, not "0.5" or true."""
+
+    default_error_messages = {"invalid": _("Must be a number.")}
+
+    def to_internal_value(self, data: Any) -> float:
+        if isinstance(data, bool) or not isinstance(data, (int, float)):
+            self.fail("invalid")
+        return super().to_internal_value(data)
