@@ -8,13 +8,13 @@ DEV_STAMP := $(VENV)/.dev-installed
 # and drop the throwaway `test_postgres` one.
 POSTGRES_TEST_URL ?= postgres://postgres@127.0.0.1:5432/postgres
 
-# The browser test (tests/test_browser.py) drives Debian's Chromium: installed here when missing,
+# The browser test (tests/e2e/test_browser.py) drives Debian's Chromium: installed here when missing,
 # unless CHROMIUM_PATH names another one or SKIP_BROWSER_TESTS=1.
 CHROMIUM := $(shell command -v chromium || command -v chromium-browser || echo /usr/bin/chromium)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 BROWSER := $(if $(or $(CHROMIUM_PATH),$(filter 1,$(SKIP_BROWSER_TESTS))),,$(CHROMIUM))
 
-.PHONY: setup migrate run test test-postgres check bench soak clean
+.PHONY: setup migrate run test test-postgres lint check bench soak clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -49,18 +49,22 @@ test: $(DEV_STAMP) $(BROWSER)
 test-postgres: $(DEV_STAMP) $(BROWSER)
 	DATABASE_URL=$(POSTGRES_TEST_URL) $(PY) -m pytest
 
-check: $(DEV_STAMP)
+# ruff: pycodestyle, pyflakes, import order and bugbear (pyproject.toml).
+lint: $(DEV_STAMP)
+	$(PY) -m ruff check .
+
+check: lint
 	$(PY) manage.py check
 	$(PY) manage.py makemigrations --check --dry-run
 	$(PY) manage.py spectacular --validate --fail-on-warn --file /dev/null
 
 # Throughput, added latency, 1,000 streams at once, history growth: prints figures (bench/chat_throughput.py).
 bench: $(RUNTIME_STAMP)
-	$(PY) bench/chat_throughput.py $(BENCH_ARGS)
+	$(PY) -m bench.chat_throughput $(BENCH_ARGS)
 
 # 200 clients for 2 minutes against an upstream failing 5% of calls; exits 1 when a check fails (bench/soak.py).
 soak: $(RUNTIME_STAMP)
-	$(PY) bench/soak.py $(SOAK_ARGS)
+	$(PY) -m bench.soak $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache
