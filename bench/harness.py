@@ -28,6 +28,7 @@ from tests.support.processes import (
     PROJECT_DIR,
     child_environment,
     fresh_postgres_database,
+    run_manage,
     wait_until_healthy,
 )
 
@@ -306,7 +307,7 @@ def server_env(
 
 
 def manage(env: dict[str, str], *args: str) -> str:
-    result = subprocess.run([PYTHON, "manage.py", *args], cwd=PROJECT_DIR, env=env, capture_output=True, text=True)
+    result = run_manage(*args, env=env, timeout=3600)
     if result.returncode != 0:
         raise SystemExit(f"manage.py {' '.join(args)} failed:\n{result.stderr}")
     return result.stdout

@@ -28,6 +28,7 @@ from chat.exceptions import SessionNotFound
 from chat.keys.services import playground_key_for
 from chat.models import ApiKey, UsageDailyTotal
 from chat.sessions import selectors as session_selectors
+from chat.turns.steps import DEFAULT_TEMPERATURE
 from chat.upstreams.selectors import model_default_for, models_usable_by
 from chat.usage import charts
 from chat.usage.selectors import usage_failures_recent, usage_overview
@@ -36,7 +37,6 @@ from llmserver.http.sse import EventStreamRenderer
 from monitoring import system
 
 DASHBOARD_DAYS = 30
-TOP_KEYS = 10
 RECENT_FAILURES = 20
 PLAYGROUND_SESSIONS = 50
 OPERATOR_PERMISSION = "chat.view_usagerecord"
@@ -56,7 +56,7 @@ def dashboard(request: HttpRequest) -> HttpResponse:
     """System stats, today's tokens and cost, 30 days of tokens per model, top keys, recent errors."""
     today = timezone.now().date()  # the roll-ups' days are UTC days
     day_from = today - timedelta(days=DASHBOARD_DAYS - 1)
-    overview = usage_overview(day_from=day_from, day_to=today, top_keys=TOP_KEYS)
+    overview = usage_overview(day_from=day_from, day_to=today)
     today_rows = [group for group in overview["day_model"] if group["day"] == today]
     chart = charts.daily_tokens_svg(charts.points_from(overview["day_model"]), day_from=day_from, day_to=today)
     return TemplateResponse(request, "monitoring/dashboard.html", {
@@ -102,6 +102,7 @@ def playground(request: HttpRequest) -> HttpResponse:
         "session": session,
         "messages": messages,
         "model": session.model if session else model_default_for(api_key),
+        "default_temperature": DEFAULT_TEMPERATURE,
         "models": sorted({*models_usable_by(api_key), *recent_models}),
     })
 

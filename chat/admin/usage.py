@@ -17,7 +17,6 @@ from chat.usage import charts
 from chat.usage.selectors import usage_overview
 
 REPORT_DAYS = 30
-TOP_KEYS = 10
 
 
 @admin.register(UsageRecord)
@@ -59,7 +58,7 @@ class UsageDailyAdmin(ReadOnlyAdmin):
         """The last 30 days: tokens per day and model as a chart, cost per model, the top keys."""
         day_to = timezone.now().date()
         day_from = day_to - timedelta(days=REPORT_DAYS - 1)
-        overview = usage_overview(day_from=day_from, day_to=day_to, top_keys=TOP_KEYS)
+        overview = usage_overview(day_from=day_from, day_to=day_to)
         chart = charts.daily_tokens_svg(charts.points_from(overview["day_model"]), day_from=day_from, day_to=day_to)
         return TemplateResponse(request, "admin/chat/usagedaily/report.html", {
             **self.admin_site.each_context(request),

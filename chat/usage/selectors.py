@@ -62,7 +62,11 @@ def usage_report(*, api_key: ApiKey | None, day_from: date, day_to: date, group_
 SUMMED_USAGE = ("requests", "prompt_tokens", "completion_tokens", "total_tokens", "cost")
 
 
-def usage_overview(*, day_from: date, day_to: date, top_keys: int) -> dict[str, Any]:
+# The keys an overview names: those that spent the most tokens.
+TOP_KEYS = 10
+
+
+def usage_overview(*, day_from: date, day_to: date, top_keys: int = TOP_KEYS) -> dict[str, Any]:
     """Every key's usage over a period, for operators (the admin report, the dashboard): totals,
     the day-and-model groups (for the chart), the same added up per model, and the keys that
     spent the most tokens. Two queries on the roll-ups."""

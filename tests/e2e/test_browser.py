@@ -23,7 +23,8 @@ pytestmark = pytest.mark.e2e
 
 ARTIFACTS = Path(os.environ.get("TEST_ARTIFACTS_DIR", PROJECT_DIR / "test-artifacts"))
 STAFF_USERNAME, STAFF_PASSWORD = "operator", "browser-test-password-1"
-# The flags the machine notes give for Chromium on a closed network, as root, with no screen.
+# The flags Chromium needs on a closed network, run as root, with no screen (without the networking ones it
+# keeps trying to reach Google's hosts at every start).
 CHROMIUM_ARGS = [
     "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
     "--disable-component-update", "--disable-sync",

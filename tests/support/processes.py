@@ -5,6 +5,7 @@ the runtime requirements (no pytest, no httpx)."""
 import os
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Callable
@@ -31,6 +32,13 @@ def child_environment(**values: str) -> dict[str, str]:
         name: value for name, value in os.environ.items() if name in INHERITED_VARIABLES or name.startswith("LC_")
     }
     return {**inherited, "DOTENV_FILE": "", **values}
+
+
+def run_manage(*args: str, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess:
+    """`manage.py args...` in a child process with `env`, its output captured."""
+    return subprocess.run(
+        [sys.executable, "manage.py", *args], cwd=PROJECT_DIR, env=env, capture_output=True, text=True, timeout=timeout,
+    )
 
 
 def free_port() -> int:

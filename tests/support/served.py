@@ -29,6 +29,7 @@ from tests.support.processes import (
     child_environment,
     free_port,
     fresh_postgres_database,
+    run_manage,
     stop,
     wait_until_healthy,
 )
@@ -54,9 +55,7 @@ class Served:
 
 
 def manage(*args: str, env: dict[str, str]) -> str:
-    result = subprocess.run(
-        [sys.executable, "manage.py", *args], cwd=PROJECT_DIR, env=env, capture_output=True, text=True, timeout=120,
-    )
+    result = run_manage(*args, env=env)
     assert result.returncode == 0, result.stderr
     return result.stdout
 

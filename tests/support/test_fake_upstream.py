@@ -2,7 +2,7 @@
 
 Driven through the official ``openai`` SDK (sync and async) wherever the SDK can express
 the request, because that is the client the project uses against real upstreams.
-Runs without Django: ``pytest tests/support/test_fake_upstream.py -p no:django``.
+The fake itself uses no Django: these tests need no database.
 """
 
 from __future__ import annotations
