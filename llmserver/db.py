@@ -1,19 +1,26 @@
 """Database helpers every app shares: statements written out once instead of built by the ORM on
 each call (for the hot paths that measured it), deleting in batches, and running a step in a
-thread from the event loop with its connection handed back at once."""
+thread from the event loop, in its turn, with its connection handed back at once."""
 
+import asyncio
 import functools
+import weakref
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any, TypeVar
 
 from asgiref.sync import sync_to_async
 from django import db
+from django.conf import settings
 from django.db import connection
 from django.db.models import Field, Model, QuerySet
 
+from llmserver.http.errors import ApiError, DatabaseUnavailable, ServerBusy
+
 T = TypeVar("T")
 PRUNE_BATCH_SIZE = 5000
+# One gate per event loop (under uvicorn, one loop per worker process).
+_gates: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore]" = weakref.WeakKeyDictionary()
 
 
 def quote(name: str) -> str:
@@ -67,18 +74,68 @@ def delete_in_batches(queryset: QuerySet) -> int:
         deleted += queryset.model.objects.filter(pk__in=batch).delete()[0]
 
 
-def in_thread(step: Callable[..., T]) -> Callable[..., Awaitable[T]]:
-    """`step` run in the request's thread, its database connection handed back (to the pool)
-    as soon as it returns: a turn holds no connection while it waits on upstream, which may
-    take minutes. Without this, every turn in flight kept one, and a pool of 10 stalled the
-    11th concurrent stream until the pool's timeout."""
+def _gate() -> asyncio.Semaphore:
+    loop = asyncio.get_running_loop()
+    gate = _gates.get(loop)
+    if gate is None:
+        gate = _gates[loop] = asyncio.Semaphore(settings.DATABASE_CONCURRENT_STEPS)
+    return gate
 
-    def run(**kwargs: Any) -> T:
+
+async def run_in_thread(function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """`function` run in the request's thread, in its turn at the database, its connection handed
+    back (to the pool) as soon as it returns.
+
+    In its turn: at most DATABASE_CONCURRENT_STEPS steps of a process run at once (as many as its
+    pool has connections); the others wait here, in the event loop. A thousand requests at once
+    used to start a thousand threads that all asked the pool for a connection, held each one
+    while they waited for the CPU, and most of them gave up after the pool's timeout with a 500.
+    Waiting longer than DATABASE_QUEUE_TIMEOUT_SECONDS is answered 503 server_busy.
+
+    Handed back: a turn holds no connection while it waits on upstream, which may take minutes.
+    Without this, every turn in flight kept one, and a pool of 10 stalled the 11th concurrent
+    stream until the pool's timeout."""
+
+    def run() -> T:
         try:
-            return step(**kwargs)
+            return function(*args, **kwargs)
         finally:
             # (Inside a test's transaction the connection must stay: nothing else is open then.)
             if not db.connection.in_atomic_block:
                 db.connection.close()
 
-    return sync_to_async(run)
+    gate = _gate()
+    try:
+        async with asyncio.timeout(settings.DATABASE_QUEUE_TIMEOUT_SECONDS):
+            await gate.acquire()
+    except TimeoutError:
+        raise ServerBusy() from None
+    try:
+        return await sync_to_async(run)()
+    finally:
+        gate.release()
+
+
+def in_thread(step: Callable[..., T]) -> Callable[..., Awaitable[T]]:
+    """`step`, taking keyword arguments, as a coroutine function that runs it with
+    `run_in_thread`."""
+
+    async def call(**kwargs: Any) -> T:
+        return await run_in_thread(step, **kwargs)
+
+    return call
+
+
+def unavailable(exc: BaseException) -> ApiError | None:
+    """The API error a database failure is: the pool had no connection in time, or SQLite's lock
+    was held too long (the server is busy); the database could not be reached, or dropped the
+    connection (it is unavailable). None for anything else."""
+    if isinstance(exc, db.OperationalError):
+        cause = f"{type(exc.__cause__).__name__}: {exc}"
+        if "PoolTimeout" in cause or "database is locked" in cause:
+            return ServerBusy()
+        return DatabaseUnavailable()
+    if isinstance(exc, db.InterfaceError):
+        return DatabaseUnavailable()
+    return None
+

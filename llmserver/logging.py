@@ -7,6 +7,7 @@ module must not import anything that needs them."""
 
 import json
 import logging
+import re
 from contextvars import ContextVar
 from datetime import datetime, timezone
 
@@ -19,6 +20,38 @@ class RequestIdFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         record.request_id = current_request_id.get()
+        return True
+
+
+# Control characters, and the line and paragraph separators some log readers also break lines on.
+_LINE_FORGING = re.compile("[\x00-\x1f\x7f\u2028\u2029]")
+
+
+def _escaped(character: re.Match[str]) -> str:
+    return {"\n": "\\n", "\r": "\\r", "\t": "\\t"}.get(character[0], f"\\x{ord(character[0]):02x}")
+
+
+class TextFormatter(logging.Formatter):
+    """The original design's text format, one record a line: a value that came with a request (a
+    model name holding a newline, say) cannot start a line of its own and pass for another
+    record. Control characters in the message are escaped (\\n, \\x1b); a traceback, which is
+    the server's own, keeps its lines."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = _LINE_FORGING.sub(_escaped, record.message)
+        return super().formatMessage(record)
+
+
+class SecurityWithoutTraceback(logging.Filter):
+    """Drops the traceback of Django's security records (`django.security.*`), keeping their line:
+    Django logs every request it refuses as suspicious (a Host not allowed, a path out of the
+    static directory) with the traceback of the refusal, a client's doing, not a fault of the
+    server's, and a line each is enough."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.startswith("django.security"):
+            record.exc_info = None
+            record.exc_text = None
         return True
 
 

@@ -6,15 +6,15 @@ or Fernet key, a missing host list or DEBUG on, with a sentence saying what to s
 docs/operations.md ("Configuration") and `.env.example`.
 """
 
-import math
 import os
 from pathlib import Path
-from typing import Any
 
 import environ
 from cryptography.fernet import Fernet
 from django.core.exceptions import ImproperlyConfigured
 from django.utils.translation import gettext_lazy as _
+
+from llmserver.environment import number, price, tokens_by_model_prefix
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -26,32 +26,6 @@ env = environ.Env()
 DOTENV_FILE = os.environ.get("DOTENV_FILE", str(BASE_DIR / ".env"))
 if DOTENV_FILE:
     environ.Env.read_env(DOTENV_FILE, overwrite=False)
-
-
-def _number(name: str, default: int | float, *, minimum: int | float, maximum: int | float | None = None) -> Any:
-    """The variable `name` as a number of `default`'s type, within [minimum, maximum]. Anything
-    else stops start-up with a sentence naming the variable: a negative retry count or timeout
-    would otherwise pass unnoticed and fail every chat, and a typo would be a bare ValueError.
-    Parsed strictly by Python, not by django-environ, whose float parsing drops what is not a
-    digit (`60s` is 60, `1e3` is 13) and reads a leading `$` as another variable's name."""
-    raw = env.ENVIRON.get(name)
-    if raw is None:
-        return default
-    cast = type(default)
-    try:
-        value = cast(raw.strip())
-    except ValueError:
-        value = None
-    if (
-        value is None
-        or (cast is float and not math.isfinite(value))
-        or value < minimum
-        or (maximum is not None and value > maximum)
-    ):
-        kind = "a whole number" if cast is int else "a number"
-        bounds = f"at least {minimum}" if maximum is None else f"from {minimum} to {maximum}"
-        raise ImproperlyConfigured(f"{name} must be {kind} {bounds}, not {raw!r}.")
-    return value
 
 
 DJANGO_ENV = env.str("DJANGO_ENV", default="development")
@@ -162,7 +136,7 @@ SILENCED_SYSTEM_CHECKS = ["security.W001", "security.W002", "security.W003"]
 # or METRICS_PUBLIC; publish it through the TLS proxy only).
 SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=IS_PRODUCTION)
 SECURE_REDIRECT_EXEMPT = [r"^api/v1/system/(health|ready)$", r"^metrics$"]
-SECURE_HSTS_SECONDS = _number("SECURE_HSTS_SECONDS", 31536000 if IS_PRODUCTION else 0, minimum=0)
+SECURE_HSTS_SECONDS = number("SECURE_HSTS_SECONDS", 31536000 if IS_PRODUCTION else 0, minimum=0)
 SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=IS_PRODUCTION)
 SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=IS_PRODUCTION)
 SESSION_COOKIE_SECURE = IS_PRODUCTION
@@ -208,18 +182,20 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"].setdefault("OPTIONS", {}).update(
         {
             "transaction_mode": "IMMEDIATE",
-            "timeout": _number("SQLITE_BUSY_TIMEOUT_SECONDS", 20, minimum=0),
+            "timeout": number("SQLITE_BUSY_TIMEOUT_SECONDS", 20, minimum=0),
             "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
         }
     )
+    # SQLite takes one writer at a time: more steps at once only wait on its lock.
+    DATABASE_CONCURRENT_STEPS = 4
 elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     # Under ASGI, Django runs each request's database work in a thread of its own, and a thread
     # keeps its own connection: persistent connections (CONN_MAX_AGE) would pile up one per
     # thread until PostgreSQL refuses more. A pool per worker process bounds them instead, and
     # saves the connect on every request.
     DATABASES["default"]["CONN_MAX_AGE"] = 0
-    _pool_min_size = _number("DATABASE_POOL_MIN_SIZE", 2, minimum=0)
-    _pool_max_size = _number("DATABASE_POOL_MAX_SIZE", 10, minimum=1)
+    _pool_min_size = number("DATABASE_POOL_MIN_SIZE", 2, minimum=0)
+    _pool_max_size = number("DATABASE_POOL_MAX_SIZE", 10, minimum=1)
     if _pool_max_size < _pool_min_size:
         raise ImproperlyConfigured(
             f"DATABASE_POOL_MAX_SIZE ({_pool_max_size}) must be at least DATABASE_POOL_MIN_SIZE ({_pool_min_size})."
@@ -228,8 +204,20 @@ elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
         "min_size": _pool_min_size,
         "max_size": _pool_max_size,
         # A request that cannot get a connection in this time fails rather than waits forever.
-        "timeout": _number("DATABASE_POOL_TIMEOUT_SECONDS", 10.0, minimum=0.001),
+        "timeout": number("DATABASE_POOL_TIMEOUT_SECONDS", 10.0, minimum=0.001),
     }
+    # With a pool, Django checks each connection as it leaves the pool (psycopg_pool's
+    # check_connection): one whose backend was terminated (a database restart, a failover,
+    # pg_terminate_backend) is replaced there, instead of failing the step that was handed it.
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+    # As many database steps at once as the pool has connections; the others wait their turn in
+    # the event loop (llmserver/db.py), not in a thread holding a place in the pool's queue.
+    DATABASE_CONCURRENT_STEPS = _pool_max_size
+else:
+    DATABASE_CONCURRENT_STEPS = 4
+# How long a request waits for its turn at the database before it is answered 503 server_busy
+# (with Retry-After): under a burst, requests queue here rather than fail.
+DATABASE_QUEUE_TIMEOUT_SECONDS = number("DATABASE_QUEUE_TIMEOUT_SECONDS", 30.0, minimum=0.001, maximum=3600)
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -239,7 +227,16 @@ REDIS_URL = env.str("REDIS_URL", default="")
 if env.str("CACHE_URL", default=""):
     CACHES = {"default": env.cache_url("CACHE_URL")}
 elif REDIS_URL:
-    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
+    # A Redis that accepts connections but never answers must not hold a request for long: every
+    # cache error is a miss (llmserver/cache.py), and it comes after this many seconds at most.
+    _redis_timeout = number("REDIS_TIMEOUT_SECONDS", 0.5, minimum=0.001, maximum=60)
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": REDIS_URL,
+            "OPTIONS": {"socket_timeout": _redis_timeout, "socket_connect_timeout": _redis_timeout},
+        }
+    }
 else:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 
@@ -267,19 +264,23 @@ STATIC_ROOT = BASE_DIR / "staticfiles"
 
 # --- Request limits -------------------------------------------------------------------------
 # Bodies above this size get 413 before they are read (llmserver/http/body_limit.py).
-MAX_REQUEST_BYTES = _number("MAX_REQUEST_BYTES", 1024 * 1024, minimum=1)
+MAX_REQUEST_BYTES = number("MAX_REQUEST_BYTES", 1024 * 1024, minimum=1)
 DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_REQUEST_BYTES
-CHAT_MAX_MESSAGE_CHARS = _number("CHAT_MAX_MESSAGE_CHARS", 100_000, minimum=1)
-CHAT_MAX_MEMORY_FACTS = _number("CHAT_MAX_MEMORY_FACTS", 100, minimum=0)
-CHAT_MAX_HISTORY_IMPORT = _number("CHAT_MAX_HISTORY_IMPORT", 500, minimum=0)
+CHAT_MAX_MESSAGE_CHARS = number("CHAT_MAX_MESSAGE_CHARS", 100_000, minimum=1)
+CHAT_MAX_MEMORY_FACTS = number("CHAT_MAX_MEMORY_FACTS", 100, minimum=0)
+CHAT_MAX_HISTORY_IMPORT = number("CHAT_MAX_HISTORY_IMPORT", 500, minimum=0)
 
 # --- Serving --------------------------------------------------------------------------------
 SERVER_HOST = env.str("SERVER_HOST", default="127.0.0.1")
-SERVER_PORT = _number("SERVER_PORT", 5601, minimum=1, maximum=65535)
-WEB_CONCURRENCY = _number("WEB_CONCURRENCY", 1, minimum=1)
+SERVER_PORT = number("SERVER_PORT", 5601, minimum=1, maximum=65535)
+WEB_CONCURRENCY = number("WEB_CONCURRENCY", 1, minimum=1)
 ACCESS_LOG = env.bool("ACCESS_LOG", default=True)
 FORWARDED_ALLOW_IPS = env.str("FORWARDED_ALLOW_IPS", default="127.0.0.1")
-GRACEFUL_SHUTDOWN_SECONDS = _number("GRACEFUL_SHUTDOWN_SECONDS", 30, minimum=0)
+GRACEFUL_SHUTDOWN_SECONDS = number("GRACEFUL_SHUTDOWN_SECONDS", 30, minimum=0)
+# The cache (Redis with REDIS_URL) holds only what can be lost: free_mode verdicts. When it fails,
+# those are checked again on each request and /ready says "degraded" but stays ready; with this
+# on, /ready fails instead (for a deployment whose load balancer must drop an instance then).
+CACHE_REQUIRED = env.bool("CACHE_REQUIRED", default=False)
 
 # --- Upstream model -------------------------------------------------------------------------
 OPENAI_API_KEY = env.str("OPENAI_API_KEY", default="")
@@ -287,41 +288,48 @@ OPENAI_BASE_URL = env.str("OPENAI_BASE_URL", default="")
 # With neither set, the offline provider answers (see chat/providers/offline.py).
 # Empty means gpt-4o-mini with an upstream, `offline` without (chat.providers.default_model).
 LLM_DEFAULT_MODEL = env.str("LLM_DEFAULT_MODEL", default="")
-LLM_TIMEOUT_SECONDS = _number("LLM_TIMEOUT_SECONDS", 60.0, minimum=0.001, maximum=86_400)
-LLM_MAX_RETRIES = _number("LLM_MAX_RETRIES", 2, minimum=0, maximum=10)
-
-
-def _tokens_by_model_prefix(name: str) -> dict[str, int]:
-    try:
-        return env.dict(name, cast={"value": int}, default={})
-    except ValueError:
-        raise ImproperlyConfigured(
-            f"{name} must be model=tokens pairs separated by semicolons, for example `llama3=8192;qwen2.5=32768`."
-        ) from None
+LLM_TIMEOUT_SECONDS = number("LLM_TIMEOUT_SECONDS", 60.0, minimum=0.001, maximum=86_400)
+LLM_MAX_RETRIES = number("LLM_MAX_RETRIES", 2, minimum=0, maximum=10)
 
 
 # Context windows for models the built-in table does not know (local models, new releases),
 # by name prefix: `LLM_CONTEXT_WINDOWS=llama3=8192;qwen2.5=32768` (django-environ separates
 # typed dict entries with semicolons); the default covers everything else.
-LLM_CONTEXT_WINDOWS = _tokens_by_model_prefix("LLM_CONTEXT_WINDOWS")
-LLM_DEFAULT_CONTEXT_WINDOW = _number("LLM_DEFAULT_CONTEXT_WINDOW", 8192, minimum=1)
+LLM_CONTEXT_WINDOWS = tokens_by_model_prefix("LLM_CONTEXT_WINDOWS")
+LLM_DEFAULT_CONTEXT_WINDOW = number("LLM_DEFAULT_CONTEXT_WINDOW", 8192, minimum=1)
 # The most a turn may ask a model to write (`max_tokens`), the same way: operator table, built-in
 # table (chat/turns/prompt.py), default. A larger request is refused before it costs anything.
-LLM_MAX_OUTPUT_TOKENS = _tokens_by_model_prefix("LLM_MAX_OUTPUT_TOKENS")
-LLM_DEFAULT_MAX_OUTPUT_TOKENS = _number("LLM_DEFAULT_MAX_OUTPUT_TOKENS", 4096, minimum=1)
+LLM_MAX_OUTPUT_TOKENS = tokens_by_model_prefix("LLM_MAX_OUTPUT_TOKENS")
+LLM_DEFAULT_MAX_OUTPUT_TOKENS = number("LLM_DEFAULT_MAX_OUTPUT_TOKENS", 4096, minimum=1)
 # free_mode checks a caller's own upstream key with one cheap call and remembers the verdict this
 # long, under a keyed hash of the key (never the key itself).
-BYOK_VERDICT_CACHE_SECONDS = _number("BYOK_VERDICT_CACHE_SECONDS", 300, minimum=0)
+BYOK_VERDICT_CACHE_SECONDS = number("BYOK_VERDICT_CACHE_SECONDS", 300, minimum=0)
+
+# A turn's session is leased while the turn runs (chat/sessions/lease.py), and the lease is
+# renewed while upstream works: a lease whose process died (a restart, a crash) is free again
+# after this many seconds without renewal, and that turn's usage record is closed as interrupted.
+CHAT_TURN_LEASE_SECONDS = number("CHAT_TURN_LEASE_SECONDS", 20.0, minimum=3, maximum=3600)
 
 # --- Limits ---------------------------------------------------------------------------------
 # Server-wide defaults for keys that set none of their own; 0 means no limit.
-LIMIT_REQUESTS_PER_MINUTE = _number("LIMIT_REQUESTS_PER_MINUTE", 0, minimum=0)
-LIMIT_TOKENS_PER_DAY = _number("LIMIT_TOKENS_PER_DAY", 0, minimum=0)
-LIMIT_MONTHLY_BUDGET_USD = _number("LIMIT_MONTHLY_BUDGET_USD", 0.0, minimum=0)
+LIMIT_REQUESTS_PER_MINUTE = number("LIMIT_REQUESTS_PER_MINUTE", 0, minimum=0)
+LIMIT_TOKENS_PER_DAY = number("LIMIT_TOKENS_PER_DAY", 0, minimum=0)
+LIMIT_MONTHLY_BUDGET_USD = number("LIMIT_MONTHLY_BUDGET_USD", 0.0, minimum=0, maximum=1_000_000_000)
+
+
+# A key with a budget may use only models with a known price (ModelPrice): a model with no price
+# would cost nothing and never be stopped. With these set, a model without a price of its own
+# costs this much instead (USD per million tokens), and a key with a budget may use it.
+UNPRICED_MODEL_INPUT_PER_MILLION = price("UNPRICED_MODEL_INPUT_PER_MILLION")
+UNPRICED_MODEL_OUTPUT_PER_MILLION = price("UNPRICED_MODEL_OUTPUT_PER_MILLION")
+if (UNPRICED_MODEL_INPUT_PER_MILLION is None) != (UNPRICED_MODEL_OUTPUT_PER_MILLION is None):
+    raise ImproperlyConfigured(
+        "Set both UNPRICED_MODEL_INPUT_PER_MILLION and UNPRICED_MODEL_OUTPUT_PER_MILLION, or neither."
+    )
 
 # --- Client keys ----------------------------------------------------------------------------
 # `last_used_at` is written at most this often per key, not on every request.
-API_KEY_LAST_USED_INTERVAL_SECONDS = _number("API_KEY_LAST_USED_INTERVAL_SECONDS", 60, minimum=0)
+API_KEY_LAST_USED_INTERVAL_SECONDS = number("API_KEY_LAST_USED_INTERVAL_SECONDS", 60, minimum=0)
 
 # --- REST framework -------------------------------------------------------------------------
 REST_FRAMEWORK = {
@@ -377,7 +385,10 @@ if LOG_FORMAT not in ("text", "json"):
 TEXT_LOG_FORMAT = "%(asctime)s - %(name)s - %(levelname)s - [%(request_id)s] %(message)s"
 
 _log_handlers = {
-    "console": {"class": "logging.StreamHandler", "formatter": "standard", "filters": ["request_id"]},
+    "console": {
+        "class": "logging.StreamHandler", "formatter": "standard",
+        "filters": ["request_id", "security_without_traceback"],
+    },
 }
 if LOG_FILE:
     Path(LOG_FILE).parent.mkdir(parents=True, exist_ok=True)
@@ -387,7 +398,7 @@ if LOG_FILE:
         "class": "logging.handlers.WatchedFileHandler",
         "filename": LOG_FILE,
         "formatter": "standard",
-        "filters": ["request_id"],
+        "filters": ["request_id", "security_without_traceback"],
         "encoding": "utf-8",
     }
 
@@ -395,9 +406,13 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {
-        "standard": {"()": "llmserver.logging.JsonFormatter"} if LOG_FORMAT == "json" else {"format": TEXT_LOG_FORMAT},
+        "standard": {"()": "llmserver.logging.JsonFormatter"} if LOG_FORMAT == "json"
+        else {"()": "llmserver.logging.TextFormatter", "format": TEXT_LOG_FORMAT},
     },
-    "filters": {"request_id": {"()": "llmserver.logging.RequestIdFilter"}},
+    "filters": {
+        "request_id": {"()": "llmserver.logging.RequestIdFilter"},
+        "security_without_traceback": {"()": "llmserver.logging.SecurityWithoutTraceback"},
+    },
     "handlers": _log_handlers,
     "root": {"handlers": list(_log_handlers), "level": LOG_LEVEL},
     "loggers": {

@@ -19,6 +19,7 @@ urlpatterns = [
     re_path(r"^(api|v1)/", handlers.not_found),
 ]
 
+handler400 = "llmserver.http.handlers.bad_request"
 handler404 = "llmserver.http.handlers.not_found"
 handler500 = "llmserver.http.handlers.server_error"
 

@@ -5,7 +5,7 @@ unauthenticated scraper on a private network with METRICS_PUBLIC)."""
 import json
 from typing import Any
 
-from adrf.views import APIView as AsyncAPIView
+from adrf.views import APIView as AdrfAPIView
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.utils.translation import gettext as _
@@ -22,10 +22,13 @@ from chat.keys.authentication import HasClientKey
 from chat.models import ApiKey
 from llmserver.http.errors import error_body
 from llmserver.http.schema import ErrorSerializer
+from llmserver.http.views import AsyncApiView
 from monitoring import metrics, system
 
 
-class HealthView(AsyncAPIView):
+# The probes are not AsyncApiViews: they read no key, and must be answered at once under a burst,
+# not after the requests queued for the database.
+class HealthView(AdrfAPIView):
     """Liveness: the process answers. It touches neither the database nor upstream."""
 
     authentication_classes: list = []
@@ -40,26 +43,35 @@ class HealthView(AsyncAPIView):
         return Response({"status": "ok"})
 
 
-class ReadyView(AsyncAPIView):
-    """Readiness: 200 only when the database answers, the cache keeps a value and every migration
-    is applied; otherwise 503 naming what is wrong."""
+class ReadyView(AdrfAPIView):
+    """Readiness: 200 when the database answers and every migration is applied; otherwise 503
+    naming what is wrong. The cache is only a cache (llmserver/cache.py): when it fails, the
+    answer is still 200, with `"status": "degraded"` and the cache named in `degraded`, unless
+    CACHE_REQUIRED is on. What degrades without it: free_mode checks a caller's key again on every
+    request, and instances no longer share those verdicts."""
 
     authentication_classes: list = []
     permission_classes = [AllowAny]
 
     @extend_schema(
         operation_id="system_ready",
-        summary="Readiness check (no key needed): database, cache, migrations.",
+        summary="Readiness check (no key needed): database, migrations, and the cache (degraded, not failing).",
         responses={
-            200: inline_serializer("Ready", {"status": serializers.CharField(), "checks": serializers.DictField()}),
+            200: inline_serializer("Ready", {
+                "status": serializers.ChoiceField(choices=["ready", "degraded"]),
+                "checks": serializers.DictField(),
+                "degraded": serializers.ListField(child=serializers.CharField()),
+            }),
             503: ErrorSerializer,
         },
     )
     async def get(self, request: Request) -> Response:
         checks = await sync_to_async(system.readiness)()
-        failing = [name for name, check in checks.items() if not check["ok"]]
+        optional = set() if settings.CACHE_REQUIRED else {"cache"}
+        failing = [name for name, check in checks.items() if not check["ok"] and name not in optional]
+        degraded = [name for name, check in checks.items() if not check["ok"] and name in optional]
         if not failing:
-            return Response({"status": "ready", "checks": checks})
+            return Response({"status": "degraded" if degraded else "ready", "checks": checks, "degraded": degraded})
         return Response(
             error_body(
                 error_code="not_ready",
@@ -70,7 +82,7 @@ class ReadyView(AsyncAPIView):
         )
 
 
-class SystemInfoView(AsyncAPIView):
+class SystemInfoView(AsyncApiView):
     required_scopes = frozenset({ApiKey.Scope.ADMIN})
 
     @extend_schema(
@@ -100,7 +112,7 @@ class MetricsPermission(HasClientKey):
         return settings.METRICS_PUBLIC or super().has_permission(request, view)
 
 
-class MetricsView(AsyncAPIView):
+class MetricsView(AsyncApiView):
     required_scopes = frozenset({ApiKey.Scope.ADMIN})
     permission_classes = [MetricsPermission]
     renderer_classes = [PrometheusRenderer]

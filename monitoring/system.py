@@ -1,6 +1,7 @@
 """What the monitoring endpoints report: plain functions, blocking (psutil, the database, the
 cache), so that the views run them in a worker thread and never stall the event loop."""
 
+import functools
 import os
 import platform
 import time
@@ -13,7 +14,8 @@ import psutil
 from django.conf import settings
 from django.core.cache import cache
 from django.db import DEFAULT_DB_ALIAS, connection, connections
-from django.db.migrations.executor import MigrationExecutor
+from django.db.migrations.loader import MigrationLoader
+from django.db.migrations.recorder import MigrationRecorder
 from django.db.models import Count, Q, Sum
 from django.utils import timezone
 
@@ -22,8 +24,6 @@ from chat.providers import default_model, upstream_configured
 
 APP_VERSION = settings.SPECTACULAR_SETTINGS["VERSION"]
 _PROCESS = psutil.Process()
-# Migrations do not change under a running process: once they are all applied, say so for good.
-_migrations_known_applied = False
 
 
 def _timed(check) -> dict[str, Any]:  # type: ignore[no-untyped-def]
@@ -51,16 +51,18 @@ def _cache_check() -> None:
     cache.delete(key)
 
 
+@functools.cache
+def _known_migrations() -> frozenset[tuple[str, str]]:
+    """Every migration the code has, as (app, name): read from the migration files once, since the
+    code does not change under a running process (the database may)."""
+    return frozenset(MigrationLoader(None, ignore_no_migrations=True).graph.nodes)
+
+
 def pending_migrations() -> list[str]:
-    """Migrations not applied to the database, as "app.name"."""
-    global _migrations_known_applied
-    if _migrations_known_applied:
-        return []
-    executor = MigrationExecutor(connections[DEFAULT_DB_ALIAS])
-    plan = executor.migration_plan(executor.loader.graph.leaf_nodes())
-    pending = [f"{migration.app_label}.{migration.name}" for migration, _backwards in plan]
-    _migrations_known_applied = not pending
-    return pending
+    """Migrations not applied to the database, as "app.name": asked of the database every time
+    (one query), so that a database emptied or replaced under a running server is seen."""
+    applied = MigrationRecorder(connections[DEFAULT_DB_ALIAS]).applied_migrations()
+    return sorted(f"{app}.{name}" for app, name in _known_migrations() - set(applied))
 
 
 def readiness() -> dict[str, Any]:

@@ -53,6 +53,31 @@ class UnstorableText(ApiError):
     default_message = _("The request contains text that cannot be stored: a NUL character or invalid Unicode.")
 
 
+class ServerBusy(ApiError):
+    """More requests than the server can take at once: they wait their turn at the database for a
+    while (DATABASE_QUEUE_TIMEOUT_SECONDS), and are then answered this, never a 500."""
+
+    status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    error_code = "server_busy"
+    default_message = _("The server is busy; try again in a moment.")
+
+    def __init__(self, message: Any = None, **kwargs: Any) -> None:
+        kwargs.setdefault("retry_after", 1)
+        super().__init__(message, **kwargs)
+
+
+class DatabaseUnavailable(ApiError):
+    """The database could not be reached, or dropped the connection: nothing was stored half."""
+
+    status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    error_code = "database_unavailable"
+    default_message = _("The server's database is unavailable; try again in a moment.")
+
+    def __init__(self, message: Any = None, **kwargs: Any) -> None:
+        kwargs.setdefault("retry_after", 1)
+        super().__init__(message, **kwargs)
+
+
 class PageNotFound(ApiError):
     status_code = status.HTTP_404_NOT_FOUND
     error_code = "page_not_found"

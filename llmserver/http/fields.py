@@ -4,8 +4,14 @@ should learn it rather than have it guessed."""
 
 from typing import Any
 
+from django.core.validators import RegexValidator
 from django.utils.translation import gettext_lazy as _
 from rest_framework import serializers
+
+# For names that end up in logs, metrics and upstream requests (a model's): no control characters.
+printable_validator = RegexValidator(
+    r"^[^\x00-\x1f\x7f]*\Z", _("Must not contain control characters (such as a line break)."), code="not_printable"
+)
 
 
 class StrictCharField(serializers.CharField):
@@ -50,3 +56,9 @@ class StrictFloatField(serializers.FloatField):
         if isinstance(data, bool) or not isinstance(data, (int, float)):
             self.fail("invalid")
         return super().to_internal_value(data)
+
+
+def printable_name_field(**kwargs: Any) -> StrictCharField:
+    """A name of up to 200 characters that ends up in logs, metrics and upstream requests (a
+    model's): refused with a control character in it, so that it cannot forge a log line."""
+    return StrictCharField(max_length=200, validators=[printable_validator], **kwargs)

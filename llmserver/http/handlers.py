@@ -21,6 +21,7 @@ from rest_framework import exceptions as drf_exceptions
 from rest_framework import status
 from rest_framework.response import Response
 
+from llmserver.db import unavailable
 from llmserver.http.errors import (
     API_PATH_PREFIXES,
     INTERNAL_ERROR_MESSAGE,
@@ -30,7 +31,8 @@ from llmserver.http.errors import (
     openai_error,
 )
 
-logger = logging.getLogger(__name__)
+# The name these log lines have always had (operators filter on it), not this module's.
+logger = logging.getLogger("llmserver.errors")
 
 
 # DRF's own exceptions, by class, mapped to our codes and sentences. Their own texts are not used:
@@ -91,6 +93,10 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
             message=_("The request is invalid; 'details' says what is wrong with each field."),
             details=exc.detail if isinstance(exc.detail, dict) else {"non_field_errors": exc.detail},
         )
+    if (database_error := unavailable(exc)) is not None:
+        # The database failing is not a bug: said once, without a traceback, and answered 503.
+        logger.warning("%s in %s: %s", database_error.error_code, _where(context), exc)
+        return api_exception_handler(database_error, context)
     if isinstance(exc, RequestDataTooBig):
         return _response(
             status_code=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
@@ -117,12 +123,16 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
     if isinstance(exc, drf_exceptions.APIException):
         return _response(status_code=exc.status_code, error_code=exc.default_code, message=exc.detail)
     # A bug: log it with its traceback and keep the shape; the message reveals nothing internal.
-    logger.exception("Unhandled error in %s", context.get("where") or context.get("view").__class__.__name__)
+    logger.exception("Unhandled error in %s", _where(context))
     return _response(
         status_code=status.HTTP_500_INTERNAL_SERVER_ERROR,
         error_code="internal_error",
         message=INTERNAL_ERROR_MESSAGE,
     )
+
+
+def _where(context: dict[str, Any]) -> str:
+    return context.get("where") or context.get("view").__class__.__name__
 
 
 def openai_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
@@ -158,6 +168,14 @@ def not_found(request: HttpRequest, exception: Exception | None = None) -> HttpR
     return _api_error_response(
         request, status_code=404, error_code="not_found", message=_("Nothing exists at this address.")
     ) or defaults.page_not_found(request, exception or Http404())
+
+
+def bad_request(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    """handler400 (a request Django itself refuses: a Host not in ALLOWED_HOSTS, a suspicious
+    path): the API's error shape for API addresses, Django's page elsewhere."""
+    return _api_error_response(
+        request, status_code=400, error_code="bad_request", message=_("The request could not be processed.")
+    ) or defaults.bad_request(request, exception or Exception())
 
 
 def server_error(request: HttpRequest) -> HttpResponse:

@@ -49,7 +49,7 @@ class ApiPagination(PageNumberPagination):
     def get_schema_operation_parameters(self, view: Any) -> list[dict[str, Any]]:
         parameters = super().get_schema_operation_parameters(view)
         bounds = {
-            self.page_query_param: {"minimum": 1},
+            self.page_query_param: {"minimum": 1, "maximum": 10**MAX_DIGITS - 1},
             self.page_size_query_param: {"minimum": 1, "maximum": self.max_page_size},
         }
         for parameter in parameters:

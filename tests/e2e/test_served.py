@@ -303,6 +303,29 @@ def test_a_body_without_a_length_gets_411(offline_server: Served) -> None:
     assert json.loads(response.split("\r\n\r\n", 1)[1])["error_code"] == "length_required"
 
 
+def test_a_static_path_that_leaves_the_static_directory_is_a_400_not_a_500(offline_server: Served) -> None:
+    """Sent as it is (`curl --path-as-is`): it used to be a 500, with a traceback for each."""
+    response = raw_http(offline_server, "GET /static/../../../etc/passwd HTTP/1.1\nHost: 127.0.0.1\nConnection: close\n")
+
+    assert response.startswith("HTTP/1.1 400 Bad Request")
+    assert "root:" not in response
+    assert "Traceback" not in offline_server.log_file.read_text()
+
+
+def test_a_host_the_server_does_not_answer_to_gets_the_apis_error_shape(serve) -> None:
+    """With DEBUG off, as in production (with it on, Django shows its debug page instead)."""
+    served = serve(DEBUG="false")
+
+    response = httpx.get(f"{served.base_url}/api/v1/sessions", headers={"Host": "evil.example"}, timeout=5)
+
+    assert response.status_code == 400
+    assert response.json() == {
+        "success": False, "error_code": "bad_request", "error_message": "The request could not be processed.",
+        "details": {},
+    }
+    assert "Traceback" not in served.log_file.read_text()
+
+
 def test_on_postgresql_50_concurrent_chats_are_counted_exactly(
     serve, postgres_url: str, fake_upstream_server: FakeUpstream
 ) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 
-from llmserver.settings import _number
+from llmserver.environment import number
 from tests.support.processes import PROJECT_DIR, child_environment
 
 SAFE_SECRET = "k" * 30 + "-production-secret-for-tests-only-0123456789"
@@ -142,7 +142,7 @@ def test_numbers_are_read_strictly(monkeypatch: pytest.MonkeyPatch, value: str, 
     monkeypatch.setenv("SOME_NUMBER", value)
 
     with pytest.raises(ImproperlyConfigured) as refused:
-        _number("SOME_NUMBER", default, minimum=0, maximum=10)
+        number("SOME_NUMBER", default, minimum=0, maximum=10)
 
     assert str(refused.value).startswith("SOME_NUMBER must be " + shown)
 
@@ -151,9 +151,9 @@ def test_a_number_in_range_is_read_with_its_type(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("SOME_NUMBER", " 7 ")
     monkeypatch.setenv("SOME_FLOAT", "1e1")
 
-    assert _number("SOME_NUMBER", 2, minimum=0, maximum=10) == 7
-    assert _number("SOME_FLOAT", 2.0, minimum=0, maximum=10) == 10.0
-    assert _number("SOME_UNSET_NUMBER", 2, minimum=0) == 2
+    assert number("SOME_NUMBER", 2, minimum=0, maximum=10) == 7
+    assert number("SOME_FLOAT", 2.0, minimum=0, maximum=10) == 10.0
+    assert number("SOME_UNSET_NUMBER", 2, minimum=0) == 2
 
 
 def test_a_pool_smaller_than_its_minimum_stops_start_up() -> None:
@@ -253,3 +253,16 @@ def test_a_metrics_directory_the_operator_names_is_created_at_start(tmp_path: Pa
 
     assert result.returncode == 0, result.stderr
     assert directory.is_dir()
+
+
+def test_a_redis_that_never_answers_holds_a_request_half_a_second_at_most() -> None:
+    result = load_settings('CACHES["default"]["OPTIONS"]', REDIS_URL="redis://127.0.0.1:6379/0")
+
+    assert result.stdout.strip() == "{'socket_timeout': 0.5, 'socket_connect_timeout': 0.5}"
+
+
+def test_an_unpriced_model_needs_both_prices_or_none() -> None:
+    result = load_settings(UNPRICED_MODEL_INPUT_PER_MILLION="0.5")
+
+    assert result.returncode == 1
+    assert "Set both UNPRICED_MODEL_INPUT_PER_MILLION and UNPRICED_MODEL_OUTPUT_PER_MILLION, or neither." in result.stderr

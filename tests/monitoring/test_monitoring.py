@@ -62,7 +62,7 @@ def test_the_request_id_is_in_every_log_line_of_the_turn_and_goes_upstream(
     assert configured
     written = {handler.name: io.StringIO() for handler in configured}
     streams = {handler.name: handler.setStream(written[handler.name]) for handler in configured}
-    logger = logging.getLogger("chat.turns.run")
+    logger = logging.getLogger("chat.turns")
     try:
         response = chat(alice, HTTP_X_REQUEST_ID="trace-abc-123")
         logger.warning("no request here")
@@ -73,11 +73,32 @@ def test_the_request_id_is_in_every_log_line_of_the_turn_and_goes_upstream(
     assert response.status_code == 200
     assert fake_upstream.requests[0].headers["x-request-id"] == "trace-abc-123"
     for name, buffer in written.items():
-        lines = [line for line in buffer.getvalue().splitlines() if " - chat.turns.run - " in line]
+        lines = [line for line in buffer.getvalue().splitlines() if " - chat.turns - " in line]
         turn = [line for line in lines if "chat start" in line or "chat end" in line]
         assert len(turn) == 2 and all("[trace-abc-123] chat" in line for line in turn), (name, lines)
         # Outside a request there is no id.
         assert lines[-1].endswith("[-] no request here"), (name, lines)
+
+
+def test_a_value_from_a_request_cannot_forge_a_log_line() -> None:
+    """What the configured handlers write: a session id, model or error a client chose, holding a
+    line break or a terminal escape, stays on the record's own line, escaped."""
+    configured = [h for h in logging.getLogger().handlers if h.name in settings.LOGGING["handlers"]]
+    written = {handler.name: io.StringIO() for handler in configured}
+    streams = {handler.name: handler.setStream(written[handler.name]) for handler in configured}
+    try:
+        logging.getLogger("chat.turns").warning(
+            "chat failed session=%s", "s1\n2026-01-01 00:00:00,000 - chat.turns - INFO - [-] forged\x1b[2J"
+        )
+    finally:
+        for handler in configured:
+            handler.setStream(streams[handler.name])
+
+    for name, buffer in written.items():
+        lines = buffer.getvalue().splitlines()
+        assert len(lines) == 1, (name, lines)
+        assert lines[0].endswith("chat failed session=s1\\n2026-01-01 00:00:00,000 - chat.turns - INFO - [-] forged"
+                                  "\\x1b[2J"), (name, lines)
 
 
 def test_the_json_log_format_is_one_object_a_line() -> None:
@@ -99,13 +120,40 @@ def test_ready_says_200_when_the_database_cache_and_migrations_are_in_order(db: 
 
     assert response.status_code == 200
     body = response.json()
-    assert body["status"] == "ready"
+    assert (body["status"], body["degraded"]) == ("ready", [])
     assert {name: check["ok"] for name, check in body["checks"].items()} == {
         "database": True, "cache": True, "migrations": True
     }
 
 
-def test_ready_says_503_naming_an_unreachable_cache(db: None, settings: Any) -> None:
+def test_ready_asks_the_database_about_migrations_every_time(db: None) -> None:
+    """An emptied or replaced database must not read as ready because it once was."""
+    from django.db.migrations.recorder import MigrationRecorder
+
+    assert APIClient().get("/api/v1/system/ready").status_code == 200
+    MigrationRecorder.Migration.objects.filter(app="chat", name="0009_turns_that_survive_a_restart").delete()
+
+    response = APIClient().get("/api/v1/system/ready")
+
+    assert response.status_code == 503
+    assert response.json()["details"]["checks"]["migrations"]["pending"] == ["chat.0009_turns_that_survive_a_restart"]
+
+
+def test_an_unreachable_cache_is_degraded_not_unready(db: None, settings: Any) -> None:
+    """The cache is only a cache: a load balancer must not drop every instance when Redis is lost
+    while the chats still work."""
+    settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache",
+                                   "LOCATION": f"redis://127.0.0.1:{free_port()}/0"}}
+
+    response = APIClient().get("/api/v1/system/ready")
+
+    assert response.status_code == 200
+    body = response.json()
+    assert (body["status"], body["degraded"], body["checks"]["cache"]["ok"]) == ("degraded", ["cache"], False)
+
+
+def test_with_cache_required_an_unreachable_cache_is_503_naming_it(db: None, settings: Any) -> None:
+    settings.CACHE_REQUIRED = True
     settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache",
                                    "LOCATION": f"redis://127.0.0.1:{free_port()}/0"}}
 
