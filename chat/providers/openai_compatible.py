@@ -18,7 +18,6 @@ reached it. Never once a byte of a stream was read (that happens after `post` re
 import asyncio
 import email.utils
 import hashlib
-import json
 import logging
 import math
 import random
@@ -31,7 +30,6 @@ from typing import Any
 import httpx2
 import openai
 from django.utils.translation import gettext_lazy as _
-from openai.types.chat import ChatCompletionChunk
 
 from chat import tokens
 from chat.exceptions import (
@@ -45,6 +43,7 @@ from chat.exceptions import (
     UpstreamUnavailable,
 )
 from chat.providers.base import Completion, CompletionRequest, StreamDelta
+from chat.providers.stream import NOT_A_STREAM, RawChunks, read_chunk
 from llmserver.http.parsers import storable
 from llmserver.http.request_id import REQUEST_ID_HEADER
 from llmserver.logging import NO_REQUEST, current_request_id
@@ -60,7 +59,7 @@ _clients: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[Any, 
 MAX_CONNECT_TIMEOUT_SECONDS = 10.0
 # Matches the model columns; a longer name reported by upstream is cut.
 MAX_MODEL_NAME_LENGTH = 200
-# Usage numbers at or above this are not believed (they would overflow the token columns).
+# Usage numbers whose sum is at or above this are not believed (it would overflow the token columns).
 MAX_REPORTED_TOKENS = 2**31 - 1
 
 
@@ -250,6 +249,9 @@ class OpenAICompatibleProvider:
         )
 
     async def stream(self, request: CompletionRequest) -> AsyncIterator[StreamDelta | Completion]:
+        """See chat/providers/stream.py for what is read, and how an answer that is not whole is told
+        apart from one that is: a stream that stops with no `finish_reason` and no `[DONE]` was cut
+        off (UpstreamInterrupted), and one that said nothing at all is UpstreamBadResponse."""
         body = {**self._body(request), "stream": True, "stream_options": {"include_usage": True}}
         parts: list[str] = []
         usage: dict[str, Any] | None = None
@@ -257,32 +259,37 @@ class OpenAICompatibleProvider:
         finish_reason = None
         try:
             stream = await self._post(
-                cast_to=ChatCompletionChunk,
-                body=body,
-                stream=True,
-                stream_cls=openai.AsyncStream[ChatCompletionChunk],
-                options=_request_options(),
+                cast_to=dict, body=body, stream=True, stream_cls=RawChunks, options=_request_options()
             )
             async with stream:
                 async for chunk in stream:
-                    model = _model_name(chunk.model, request)
-                    if chunk.usage is not None:
-                        usage = chunk.usage.model_dump()
-                    for choice in chunk.choices:
-                        finish_reason = choice.finish_reason or finish_reason
-                        if choice.delta.content:
-                            text = storable(choice.delta.content)
-                            parts.append(text)
-                            yield StreamDelta(text=text, model=model)
+                    content = read_chunk(chunk)
+                    model = _model_name(content.model, request) if content.model is not None else model
+                    usage = content.usage or usage
+                    finish_reason = content.finish_reason or finish_reason
+                    if content.text:
+                        text = storable(content.text)
+                        parts.append(text)
+                        yield StreamDelta(text=text, model=model)
+        except openai.APITimeoutError as exc:
+            # A read that timed out mid-stream is a timeout, whatever arrived before it.
+            raise UpstreamTimeout() from exc
         except openai.APIConnectionError as exc:
             # Once chunks have arrived, a broken connection is an answer cut off, not an upstream down.
             raise (UpstreamInterrupted() if parts else self._error(exc)) from exc
         except openai.OpenAIError as exc:
             raise self._error(exc) from exc
+        except httpx2.TimeoutException as exc:
+            raise UpstreamTimeout() from exc
         except httpx2.TransportError as exc:
             raise (UpstreamInterrupted() if parts else UpstreamUnavailable()) from exc
-        except (ValueError, json.JSONDecodeError, httpx2.HTTPError) as exc:
+        except httpx2.HTTPError as exc:
             raise UpstreamBadResponse() from exc
+        if finish_reason is None and not stream.done:
+            if not parts:
+                raise UpstreamBadResponse(NOT_A_STREAM)
+            # It stopped before its end: what arrived is kept, marked incomplete, never as whole.
+            raise UpstreamInterrupted()
         yield _with_usage(request, text="".join(parts), model=model, usage=usage, finish_reason=finish_reason)
 
 
@@ -306,9 +313,11 @@ def _with_usage(
     try:
         prompt_tokens = usage["prompt_tokens"]  # type: ignore[index]
         completion_tokens = usage["completion_tokens"]  # type: ignore[index]
-        estimated = not all(
-            isinstance(count, int) and not isinstance(count, bool) and 0 <= count < MAX_REPORTED_TOKENS
-            for count in (prompt_tokens, completion_tokens)
+        estimated = not (
+            all(isinstance(count, int) and not isinstance(count, bool) and count >= 0
+                for count in (prompt_tokens, completion_tokens))
+            # The two and their sum must fit the token columns.
+            and prompt_tokens + completion_tokens < MAX_REPORTED_TOKENS
         )
     except (KeyError, TypeError):
         estimated = True

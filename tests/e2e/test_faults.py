@@ -28,6 +28,13 @@ TIMEOUT_SECONDS = 1.0
 MAX_RETRIES = 2
 REPLY = "one two three four five six"
 ARTIFACT = PROJECT_DIR / "test-artifacts" / "fault_matrix.md"
+COMPLETION_BODY = {"id": "x", "object": "chat.completion", "model": "gpt-4o-mini", "choices": [
+    {"index": 0, "message": {"role": "assistant", "content": REPLY}, "finish_reason": "stop"}]}
+CHUNK_ONE, CHUNK_TWO = (
+    {"id": "x", "object": "chat.completion.chunk", "model": "gpt-4o-mini",
+     "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}]}
+    for text in ("one", " two")
+)
 _table: list[str] = []
 
 
@@ -91,6 +98,13 @@ FAULTS = [
           "complete", "complete", ("success", "", True), stream=True),
     Fault("an answer with NUL and a lone surrogate in it", (Behaviour(reply="a\x00b \ud800c"),), 200, None, 1,
           "complete", "complete", ("success", "", False), answer_text="a\ufffdb ?c"),
+    # An upstream that ignores `stream` and answers whole: nothing of it is stored as an answer.
+    Fault("a stream answered with plain JSON", (Behaviour(body=COMPLETION_BODY),), 502, "upstream_bad_response", 1,
+          "failed", None, ("failed", "upstream_bad_response", False), stream=True),
+    # The connection closes cleanly after two chunks, without a finish_reason or [DONE]: cut off.
+    Fault("a stream that stops without its end", (Behaviour(events=(CHUNK_ONE, CHUNK_TWO)),), 200,
+          "upstream_interrupted", 1, "incomplete", "incomplete", ("partial", "upstream_interrupted", True),
+          stream=True, answer_text="one two"),
 ]
 
 

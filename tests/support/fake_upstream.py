@@ -106,6 +106,10 @@ class Behaviour:
             chunk, usage or ``[DONE]``. Non-streaming: send headers with the full body's
             Content-Length and half the body (the number itself is not used), then close.
         word_delay: Seconds to wait before each streamed word chunk after the first.
+        events: For a streamed request: these server-sent events instead of the answer's, as
+            they are (a dict is sent as its JSON, a string as the event's data), each after
+            ``word_delay`` but the first; then the stream ends, with no ``[DONE]`` unless one is
+            among them. For the chunks an OpenAI-compatible server should not send.
     """
 
     reply: str | None = None
@@ -119,6 +123,7 @@ class Behaviour:
     body: dict[str, Any] | None = None
     drop_after_words: int | None = None
     word_delay: float = 0.0
+    events: tuple[dict[str, Any] | str, ...] | None = None
 
 
 _SUCCESS = Behaviour()
@@ -669,6 +674,9 @@ class FakeUpstream:
         if behaviour.body is not None:
             await exchange.json(200, behaviour.body, headers)
             return None
+        if behaviour.events is not None and stream:
+            await _send_events(behaviour, exchange, headers)
+            return None
         reply = self.default_reply if behaviour.reply is None else behaviour.reply
         usage = _default_usage(body.get("messages"), reply) if behaviour.usage == "default" else behaviour.usage
         answer = _Answer(f"chatcmpl-fake{serial}", model, reply, usage, headers, behaviour)
@@ -729,6 +737,16 @@ async def _send_completion(answer: _Answer, exchange: _Exchange) -> None:
     await exchange.start(200, [(b"content-type", b"application/json"), content_length, *answer.headers])
     await exchange.body(data[: len(data) // 2], more=True)
     raise _AbortConnection("drop_after_words")
+
+
+async def _send_events(behaviour: Behaviour, exchange: _Exchange, headers: _Headers) -> None:
+    await exchange.start(200, [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache"), *headers])
+    for index, event in enumerate(behaviour.events or ()):
+        if index and behaviour.word_delay > 0:
+            await asyncio.sleep(behaviour.word_delay)
+        data = event.encode() if isinstance(event, str) else _dumps(event)
+        await exchange.body(b"data: " + data + b"\n\n", more=True)
+    await exchange.body(b"")
 
 
 async def _send_stream(answer: _Answer, include_usage: bool, exchange: _Exchange) -> None:

@@ -1,0 +1,95 @@
+"""Reading an OpenAI-compatible upstream's stream of chat completion chunks, checked as it comes.
+
+Upstreams answer a streamed request in more ways than OpenAI's own (vLLM, Ollama, llama.cpp,
+proxies in front of them), and some of them wrong: a plain JSON body instead of events, chunks
+without `choices`, `delta: null`, content as a list of parts, a stream that stops without a
+`finish_reason` or `[DONE]`. Each is read here as what it is: a readable chunk is used, an answer
+that cannot be read is `upstream_bad_response`, and a stream that stops before its end is an
+interrupted answer, never a complete one. The chunks are read as plain JSON (no SDK model is
+built for each one), with the SDK's own event decoder, timeouts and error classes.
+"""
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import openai
+from django.utils.translation import gettext_lazy as _
+
+from chat.exceptions import UpstreamBadResponse
+
+NOT_A_STREAM = _("The model provider answered a streamed request with something that is not a stream.")
+UNREADABLE_CHUNK = _("The model provider sent a part of its streamed answer that could not be read.")
+
+
+class RawChunks(openai.AsyncStream[dict[str, Any]]):
+    """The SDK's stream of a response, yielding each event's JSON as it is, and saying whether the
+    stream ended with OpenAI's `[DONE]`."""
+
+    done = False
+
+    async def __stream__(self) -> AsyncIterator[dict[str, Any]]:  # type: ignore[override]
+        content_type = self.response.headers.get("content-type", "")
+        if not content_type.startswith("text/event-stream"):
+            raise UpstreamBadResponse(NOT_A_STREAM)
+        async for event in self._iter_events():
+            if self.done:
+                # Read to the body's end, so that the connection is reused; nothing counts after it.
+                continue
+            if event.data.startswith("[DONE]"):
+                self.done = True
+                continue
+            try:
+                data = event.json()
+            except ValueError:
+                raise UpstreamBadResponse(UNREADABLE_CHUNK) from None
+            if not isinstance(data, dict):
+                raise UpstreamBadResponse(UNREADABLE_CHUNK)
+            yield data
+
+
+@dataclass(frozen=True)
+class ChunkContent:
+    """What one chunk adds to the answer."""
+
+    text: str
+    model: Any
+    usage: dict[str, Any] | None
+    finish_reason: str | None
+
+
+def _text_of(content: Any) -> str:
+    """A delta's content: a string, or a list of text parts (joined), or nothing."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list) and all(
+        isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str) for part in content
+    ):
+        return "".join(part["text"] for part in content)
+    raise UpstreamBadResponse(UNREADABLE_CHUNK)
+
+
+def read_chunk(chunk: dict[str, Any]) -> ChunkContent:
+    """The text, model, usage and finish reason of one chunk. A chunk may lack any of them (a
+    usage chunk has no choices; a role chunk has no content). Raises UpstreamBadResponse for what
+    is there but not readable."""
+    choices = chunk.get("choices") or []
+    usage = chunk.get("usage")
+    if not isinstance(choices, list) or not isinstance(usage, (dict, type(None))):
+        raise UpstreamBadResponse(UNREADABLE_CHUNK)
+    texts: list[str] = []
+    finish_reason = None
+    for choice in choices:
+        if not isinstance(choice, dict):
+            raise UpstreamBadResponse(UNREADABLE_CHUNK)
+        reason = choice.get("finish_reason")
+        if not isinstance(reason, (str, type(None))):
+            raise UpstreamBadResponse(UNREADABLE_CHUNK)
+        finish_reason = reason or finish_reason
+        delta = choice.get("delta") or {}
+        if not isinstance(delta, dict):
+            raise UpstreamBadResponse(UNREADABLE_CHUNK)
+        texts.append(_text_of(delta.get("content")))
+    return ChunkContent(text="".join(texts), model=chunk.get("model"), usage=usage, finish_reason=finish_reason)
