@@ -37,6 +37,14 @@ class ModelNotAllowed(ApiError):
     default_message = _("This API key may not use this model.")
 
 
+class ModelNotPriced(ApiError):
+    """A key with a budget asked for a model with no price: its cost could not be counted."""
+
+    status_code = status.HTTP_403_FORBIDDEN
+    error_code = "model_not_priced"
+    default_message = _("This API key has a budget, and this model has no price, so its cost could not be counted.")
+
+
 class ModelNotAvailable(ApiError):
     error_code = "model_not_available"
     default_message = _("The upstream assigned to this API key does not serve this model.")

@@ -13,7 +13,7 @@ class ChatSessionAdmin(ReadOnlyAdmin):
     ]
     list_select_related = ["api_key"]
     search_fields = ["public_id", "title"]
-    exclude = ["turn_started_at"]
+    exclude = ["turn_started_at", "turn_heartbeat_at"]
 
 
 @admin.register(Message)

@@ -30,7 +30,7 @@ from django.utils.translation import gettext as _
 
 from chat.exceptions import IdempotencyKeyInUse, IdempotencyKeyReused
 from chat.models import ApiKey, IdempotentRequest
-from chat.sessions.lease import turn_lease
+from chat.sessions.lease import longest_turn
 from llmserver.db import delete_in_batches, in_thread
 from llmserver.http.errors import InvalidInput
 
@@ -85,7 +85,7 @@ def idempotency_claim(*, api_key: ApiKey, key: str, body_hash: str) -> Claim | S
     """Take the key for this request (a Claim), or the response stored under it, or None while
     another request holding it is still running. Raises IdempotencyKeyReused for another body."""
     now = timezone.now()
-    locked_until = now + turn_lease()
+    locked_until = now + longest_turn()
     # Read first (waiters poll here), insert when there is nothing; twice, because a row can be
     # inserted, expire or be released between the two.
     for _attempt in range(2):
@@ -136,7 +136,7 @@ async def idempotency_begin(*, api_key: ApiKey, key: str, body_hash: str) -> Cla
     """Claim the key, or wait while the request holding it runs and return its response.
     Raises IdempotencyKeyInUse if that takes longer than a turn can."""
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + turn_lease().total_seconds()
+    deadline = loop.time() + longest_turn().total_seconds()
     pause = FIRST_POLL_SECONDS
     while True:
         outcome = await in_thread(idempotency_claim)(api_key=api_key, key=key, body_hash=body_hash)

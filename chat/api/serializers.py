@@ -13,7 +13,13 @@ from rest_framework import serializers
 from chat.models import ApiKey, Message, UsageRecord
 from chat.sessions.ids import session_id_validator
 from chat.turns.steps import DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE
-from llmserver.http.fields import StrictBooleanField, StrictCharField, StrictFloatField, StrictIntegerField
+from llmserver.http.fields import (
+    StrictBooleanField,
+    StrictCharField,
+    StrictFloatField,
+    StrictIntegerField,
+    printable_name_field,
+)
 
 HISTORY_ROLES = ("user", "assistant", "system")
 UPSTREAM_KEY_HEADER = "X-Upstream-Api-Key"
@@ -54,7 +60,7 @@ class ChatRequestSerializer(serializers.Serializer):
     )
     max_tokens = StrictIntegerField(required=False, default=DEFAULT_MAX_TOKENS, min_value=1, max_value=1_000_000)
     temperature = StrictFloatField(required=False, default=DEFAULT_TEMPERATURE, min_value=0.0, max_value=2.0)
-    model = StrictCharField(required=False, allow_blank=True, default="", max_length=200)
+    model = printable_name_field(required=False, allow_blank=True, default="")
     memory_context = _memory_field(required=False, default=list)
     conversation_history = serializers.ListField(
         child=StrictCharField(trim_whitespace=False, max_length=settings.CHAT_MAX_MESSAGE_CHARS),
@@ -143,7 +149,7 @@ class SessionCreateSerializer(serializers.Serializer):
     session_id = _session_id_field(required=False, allow_blank=True, default="")
     title = StrictCharField(required=False, allow_blank=True, default="", max_length=200)
     role = StrictCharField(required=False, allow_blank=True, default="", trim_whitespace=False, max_length=20_000)
-    model = StrictCharField(required=False, allow_blank=True, default="", max_length=200)
+    model = printable_name_field(required=False, allow_blank=True, default="")
     memory_context = _memory_field(required=False, default=list)
 
 
@@ -152,7 +158,7 @@ class SessionUpdateSerializer(serializers.Serializer):
 
     title = StrictCharField(required=False, allow_blank=True, max_length=200)
     role = StrictCharField(required=False, allow_blank=True, trim_whitespace=False, max_length=20_000)
-    model = StrictCharField(required=False, allow_blank=True, max_length=200)
+    model = printable_name_field(required=False, allow_blank=True)
     memory_context = _memory_field(required=False)
 
 
@@ -191,9 +197,13 @@ class UsageRecordSerializer(serializers.Serializer):
     total_tokens = serializers.IntegerField()
     usage_estimated = serializers.BooleanField(help_text="True when upstream reported no usage and the server counted.")
     key_source = serializers.ChoiceField(choices=UsageRecord.KeySource.choices)
-    outcome = serializers.ChoiceField(choices=UsageRecord.Outcome.choices)
+    outcome = serializers.ChoiceField(
+        choices=UsageRecord.Outcome.choices,
+        help_text="in_flight while the call is under way; interrupted when its server process went away first.",
+    )
     error_code = serializers.CharField()
     latency_ms = serializers.IntegerField()
+    request_id = serializers.CharField(help_text="The X-Request-Id of the request that made the call.")
     created_at = serializers.DateTimeField()
 
 
@@ -228,13 +238,26 @@ class UsageQuerySerializer(serializers.Serializer):
         # `from` is a Python keyword, so it cannot be declared as a class attribute.
         fields = super().get_fields()
         fields["from"] = serializers.DateField(
-            required=False, help_text=f"First day (UTC), inclusive. Default: {USAGE_DEFAULT_DAYS - 1} days before `to`."
+            required=False,
+            help_text=f"First day (UTC), inclusive. Default: {USAGE_DEFAULT_DAYS - 1} days before `to`. "
+            f"A report covers at most {USAGE_MAX_DAYS} days: a longer period is a 400.",
         )
         return fields
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        # DRF reads an empty query parameter as one not sent; `?to=` is a mistake, not "today".
+        empty = sorted(name for name in self.fields if self.initial_data.get(name) == "")
+        if empty:
+            sentence = _("Send a value, or leave the parameter out.")
+            raise serializers.ValidationError({name: [sentence] for name in empty})
         day_to = attrs.get("to") or datetime.now(dt_timezone.utc).date()
-        day_from = attrs.get("from") or day_to - timedelta(days=USAGE_DEFAULT_DAYS - 1)
+        try:
+            day_from = attrs.get("from") or day_to - timedelta(days=USAGE_DEFAULT_DAYS - 1)
+        except OverflowError:
+            # 'to' in the first days of the year 1: the default 'from' would be before it.
+            raise serializers.ValidationError(
+                {"from": [_("'to' is too early for the default period; send 'from' as well.")]}
+            ) from None
         if day_from > day_to:
             raise serializers.ValidationError({"from": [_("'from' must not be after 'to'.")]})
         if (day_to - day_from).days >= USAGE_MAX_DAYS:

@@ -7,7 +7,6 @@ does. The session views are quick database reads and writes, so they stay sync.
 import dataclasses
 from collections.abc import AsyncIterator
 
-from adrf.views import APIView as AsyncAPIView
 from django.db.models import QuerySet
 from django.http.response import HttpResponseBase
 from django.utils.translation import gettext as _
@@ -47,6 +46,7 @@ from chat.usage import selectors as usage_selectors
 from llmserver.http.handlers import api_exception_handler
 from llmserver.http.pagination import ApiPagination
 from llmserver.http.sse import EventStreamRenderer, event_stream_response, sse_event
+from llmserver.http.views import AsyncApiView
 
 
 # (Comments, not a docstring: drf-spectacular would publish a docstring as every list's description.)
@@ -65,7 +65,7 @@ class PagedListView(APIView):
         return paginator.get_paginated_response(self.item_serializer(page, many=True).data)
 
 
-class ChatView(AsyncAPIView):
+class ChatView(AsyncApiView):
     renderer_classes = [*api_settings.DEFAULT_RENDERER_CLASSES, EventStreamRenderer]
 
     @extend_schema(
@@ -83,8 +83,9 @@ class ChatView(AsyncAPIView):
         ),
         parameters=[
             OpenApiParameter(
-                idempotency.IDEMPOTENCY_KEY_HEADER, str, OpenApiParameter.HEADER,
-                description="Up to 255 printable ASCII characters, unique per request (a UUID, say).",
+                idempotency.IDEMPOTENCY_KEY_HEADER, OpenApiTypes.STR, OpenApiParameter.HEADER,
+                description="1 to 255 printable ASCII characters, unique per request (a UUID, say).",
+                pattern=f"^[ -~]{{1,{idempotency.MAX_KEY_LENGTH}}}$",
             ),
         ],
         request=ChatRequestSerializer,
@@ -106,12 +107,17 @@ class ChatView(AsyncAPIView):
         claim = None
         if idempotency_key is not None:
             claim = await idempotency.idempotency_begin(
-                api_key=request.auth, key=idempotency_key, body_hash=idempotency.request_hash(request.data)
+                api_key=request.auth, key=idempotency_key,
+                # What the request asks, not how it was written: properties the contract does not
+                # have are ignored by the turn, so they do not make another request either.
+                body_hash=idempotency.request_hash({
+                    name: value for name, value in request.data.items() if name in serializer.fields
+                }),
             )
             if isinstance(claim, idempotency.StoredResponse):
                 return _replayed(claim, stream=data["stream"])
         async with idempotency.ended_if_failed(claim, stored=_kept_failure):
-            upstream = await upstream_choose(
+            upstream = upstream_choose(
                 api_key=request.auth, user_key=data["upstream_key"], free_mode=data["free_mode"]
             )
             turn = ChatTurnInput(

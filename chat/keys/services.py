@@ -13,8 +13,18 @@ from django.utils import timezone
 from django.utils.translation import gettext as _
 
 from chat.keys import key_format
-from chat.models import ApiKey, ApiKeyEvent, UpstreamCredential
+from chat.models import (
+    MAX_MONTHLY_BUDGET_USD,
+    MAX_REQUESTS_PER_MINUTE,
+    MAX_TOKENS_PER_DAY,
+    ApiKey,
+    ApiKeyEvent,
+    UpstreamCredential,
+)
 from llmserver.http.errors import InvalidInput
+
+# Budgets are counted to the hundred-millionth of a dollar, as costs are.
+BUDGET_QUANTUM = Decimal("0.00000001")
 
 
 def _validated_scopes(scopes: list[str]) -> list[str]:
@@ -26,6 +36,45 @@ def _validated_scopes(scopes: list[str]) -> list[str]:
         )
     # Stored in a fixed order so that equal scope sets compare equal.
     return [scope for scope in ApiKey.Scope.values if scope in scopes]
+
+
+def _validated_values(values: dict[str, Any]) -> dict[str, Any]:
+    """`values` (some of a key's fields) as stored; InvalidInput naming the first that cannot be:
+    a name that is empty or too long, a limit that is negative or past its bound, a budget finer
+    than a hundred-millionth of a dollar. (The commands and the admin check the same before they
+    call: this is the last word, for every caller.)"""
+    values = dict(values)
+    if "name" in values:
+        name = values["name"].strip()
+        max_length = ApiKey._meta.get_field("name").max_length
+        if not name or len(name) > max_length:
+            raise InvalidInput(
+                _("A key's name is 1 to %(max)d characters.") % {"max": max_length}, details={"name": values["name"]}
+            )
+        values["name"] = name
+    bounds = {
+        "requests_per_minute": MAX_REQUESTS_PER_MINUTE, "tokens_per_day": MAX_TOKENS_PER_DAY,
+        "monthly_budget_usd": MAX_MONTHLY_BUDGET_USD,
+    }
+    for field, maximum in bounds.items():
+        value = values.get(field)
+        if value is None:
+            continue
+        if not 0 <= value <= maximum:
+            raise InvalidInput(
+                _("%(field)s must be from 0 to %(max)s.") % {"field": field, "max": maximum},
+                details={field: str(value)},
+            )
+    budget = values.get("monthly_budget_usd")
+    if budget is not None:
+        budget = Decimal(budget)
+        if budget != budget.quantize(BUDGET_QUANTUM):
+            raise InvalidInput(
+                _("monthly_budget_usd has at most 8 decimal places (a hundred-millionth of a dollar)."),
+                details={"monthly_budget_usd": str(budget)},
+            )
+        values["monthly_budget_usd"] = budget
+    return values
 
 
 def cleaned_model_names(models: list[str]) -> list[str]:
@@ -51,10 +100,13 @@ def api_key_create(
 ) -> tuple[ApiKey, str]:
     """Create a client key (default scope: chat). Returns the row and the full key, which exists
     nowhere else: show it once and forget it. `actor` says who did it, for the audit trail."""
+    checked = _validated_values({
+        "name": name, "requests_per_minute": requests_per_minute, "tokens_per_day": tokens_per_day,
+        "monthly_budget_usd": monthly_budget_usd,
+    })
     raw_key, parsed = key_format.generate_key()
     with transaction.atomic():
         api_key = ApiKey.objects.create(
-            name=name,
             key_id=parsed.key_id,
             secret_hash=key_format.hash_secret(parsed.secret),
             last4=raw_key[-4:],
@@ -63,9 +115,7 @@ def api_key_create(
             expires_at=expires_at,
             owner=owner,
             upstream_credential=upstream_credential,
-            requests_per_minute=requests_per_minute,
-            tokens_per_day=tokens_per_day,
-            monthly_budget_usd=monthly_budget_usd,
+            **checked,
         )
         _record_key_event(api_key=api_key, action=ApiKeyEvent.Action.CREATED, actor=actor)
     return api_key, raw_key
@@ -80,6 +130,7 @@ def api_key_update(*, api_key: ApiKey, actor: str, changes: dict[str, Any]) -> A
     unknown = set(changes) - allowed
     if unknown:
         raise ValueError(f"api_key_update cannot change {sorted(unknown)}")
+    changes = _validated_values(changes)
     if "scopes" in changes:
         changes = {**changes, "scopes": _validated_scopes(changes["scopes"])}
     if "allowed_models" in changes:

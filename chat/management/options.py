@@ -39,5 +39,7 @@ def limit_changes(options: dict[str, Any]) -> dict[str, Any]:
             raise CommandError("--monthly-budget must be an amount in USD, e.g. 25 or 12.50.") from None
         if not budget.is_finite() or budget < 0:
             raise CommandError("--monthly-budget must be an amount in USD, e.g. 25 or 12.50.")
-        changes["monthly_budget_usd"] = budget.quantize(Decimal("0.01"))
+        # As given, to the hundred-millionth of a dollar: $0.001 is a budget, not "none". The
+        # service refuses what is past the bound or finer than that.
+        changes["monthly_budget_usd"] = budget
     return changes

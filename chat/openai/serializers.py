@@ -7,7 +7,13 @@ from django.utils.translation import gettext_lazy as _
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from llmserver.http.fields import StrictBooleanField, StrictCharField, StrictFloatField, StrictIntegerField
+from llmserver.http.fields import (
+    StrictBooleanField,
+    StrictCharField,
+    StrictFloatField,
+    StrictIntegerField,
+    printable_name_field,
+)
 
 # `developer` is OpenAI's newer name for `system`.
 SYSTEM_ROLES = ("system", "developer")
@@ -83,7 +89,7 @@ class ChatCompletionRequestSerializer(serializers.Serializer):
     """OpenAI's chat completion request, as far as this server supports it. Parameters it does not
     support (tools, n > 1, response_format, logprobs, …) are refused by name rather than ignored."""
 
-    model = StrictCharField(required=False, allow_blank=True, default="", max_length=200)
+    model = printable_name_field(required=False, allow_blank=True, default="")
     messages = serializers.ListField(child=MessageField(), min_length=1, max_length=settings.CHAT_MAX_HISTORY_IMPORT)
     max_tokens = StrictIntegerField(required=False, allow_null=True, min_value=1, max_value=1_000_000)
     max_completion_tokens = StrictIntegerField(required=False, allow_null=True, min_value=1, max_value=1_000_000)

@@ -11,7 +11,6 @@ call is stateless: the client's messages are sent as they are, and only the usag
 
 from typing import Any
 
-from adrf.views import APIView as AsyncAPIView
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http.response import HttpResponseBase
 from django.utils.translation import gettext_lazy as _
@@ -33,6 +32,7 @@ from chat.upstreams.selectors import models_usable_by
 from llmserver.http.errors import InvalidInput
 from llmserver.http.handlers import openai_exception_handler
 from llmserver.http.sse import EventStreamRenderer, event_stream_response
+from llmserver.http.views import AsyncApiView
 
 SESSION_HEADER = "X-Session-Id"
 # OpenAI's default temperature (our own API's default, 0.7, is the original design's).
@@ -41,8 +41,8 @@ OPENAI_DEFAULT_TEMPERATURE = 1.0
 PASSED_THROUGH = ("top_p", "stop", "presence_penalty", "frequency_penalty", "seed", "user")
 
 
-class OpenAIView(AsyncAPIView):
-    renderer_classes = [*AsyncAPIView.renderer_classes, EventStreamRenderer]
+class OpenAIView(AsyncApiView):
+    renderer_classes = [*AsyncApiView.renderer_classes, EventStreamRenderer]
 
     def get_exception_handler(self):  # type: ignore[no-untyped-def]
         return openai_exception_handler
@@ -137,7 +137,7 @@ class ChatCompletionsView(OpenAIView):
             )
         else:
             turn = _stateless_turn(data, max_tokens=max_tokens, temperature=temperature)
-        upstream = await upstream_choose(api_key=request.auth, user_key="", free_mode=False)
+        upstream = upstream_choose(api_key=request.auth, user_key="", free_mode=False)
         if not data["stream"]:
             result = await run.chat_turn_run(api_key=request.auth, upstream=upstream, turn=turn)
             return Response(chat_completion(result), headers=_session_headers(result, session_id))

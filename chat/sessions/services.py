@@ -98,6 +98,6 @@ def session_delete(*, session: ChatSession) -> None:
         locked = ChatSession.objects.select_for_update().filter(pk=session.pk).first()
         if locked is None:
             return
-        if lease_held(locked.turn_started_at, now=timezone.now()):
+        if lease_held(locked.turn_heartbeat_at, now=timezone.now()):
             raise SessionBusy(details={"session_id": session.public_id}, retry_after=1)
         locked.delete()

@@ -20,7 +20,10 @@ def history_newest_first(*, session_pk: int) -> Iterator[HistoryMessage]:
             session_pk=session_pk, status=Message.Status.COMPLETE, before_id=before_id, size=HISTORY_PAGE_SIZE
         )
         for message_id, role, content, token_count, token_encoding in rows:
-            yield HistoryMessage(role=role, content=content, token_count=token_count, token_encoding=token_encoding)
+            yield HistoryMessage(
+                message_id=message_id, role=role, content=content, token_count=token_count,
+                token_encoding=token_encoding,
+            )
             before_id = message_id
         if len(rows) < HISTORY_PAGE_SIZE:
             return

@@ -22,6 +22,24 @@ active_streams = Gauge(
 )
 
 
+# The model names a process labels series with; past these, "other". Model names come from
+# clients and upstream (a dated snapshot, a local server's own name): unbounded, they would make
+# a series each, for ever.
+MAX_MODEL_LABELS = 100
+OTHER_MODELS = "other"
+_model_labels: set[str] = set()
+
+
+def model_label(model: str) -> str:
+    if model in _model_labels:
+        return model
+    if len(_model_labels) < MAX_MODEL_LABELS:
+        _model_labels.add(model)
+        return model
+    return OTHER_MODELS
+
+
 def record_tokens(*, model: str, prompt_tokens: int, completion_tokens: int) -> None:
-    tokens_used.labels(model=model, kind="prompt").inc(prompt_tokens)
-    tokens_used.labels(model=model, kind="completion").inc(completion_tokens)
+    label = model_label(model)
+    tokens_used.labels(model=label, kind="prompt").inc(prompt_tokens)
+    tokens_used.labels(model=label, kind="completion").inc(completion_tokens)

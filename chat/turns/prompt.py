@@ -96,6 +96,7 @@ def _too_long(message: str, *, needed: int, model: str, window: int, max_tokens:
 class HistoryMessage:
     """A stored message as the prompt builder needs it."""
 
+    message_id: int
     role: str
     content: str
     # Prompt tokens of this message in `token_encoding` (see Message.token_count).
@@ -115,6 +116,9 @@ class Prompt:
     warnings: list[str] = field(default_factory=list)
     # The new user message's own tokens (build_prompt), so that storing it need not count again.
     user_message_tokens: int = 0
+    # (message id, tokens, encoding) of history counted again because it was stored under another
+    # model's encoding: for the caller to store, so that the next turn need not count it again.
+    recounted: list[tuple[int, int, str]] = field(default_factory=list)
 
 
 def memory_message(memory_facts: list[str]) -> str:
@@ -149,9 +153,11 @@ def build_prompt(
     memory_facts: list[str],
     history_newest_first: Iterable[HistoryMessage],
     user_message: str,
+    user_message_tokens: int | None = None,
 ) -> Prompt:
     """Choose the messages for one turn. `history_newest_first` is consumed lazily, only as far
     as the budget reaches, so a session's length does not change a turn's cost.
+    `user_message_tokens`: the new message's tokens under `model`, when counted already.
 
     Raises MaxTokensTooLarge over the model's ceiling, ContextTooLong when the persona, memory and
     new message alone exceed the budget.
@@ -166,7 +172,8 @@ def build_prompt(
     if memory_facts:
         head.append({"role": "system", "content": memory_message(memory_facts)})
     tail = {"role": "user", "content": user_message}
-    user_message_tokens = tokens.count_message_tokens(role="user", content=user_message, model=model)
+    if user_message_tokens is None:
+        user_message_tokens = tokens.count_message_tokens(role="user", content=user_message, model=model)
     used = tokens.REPLY_PRIMING_TOKENS + user_message_tokens + sum(
         tokens.count_message_tokens(role=m["role"], content=m["content"], model=model) for m in head
     )
@@ -181,12 +188,14 @@ def build_prompt(
         )
 
     chosen: list[dict[str, str]] = []
+    recounted: list[tuple[int, int, str]] = []
     truncated = False
     for message in history_newest_first:
         size = message.token_count
         if message.token_encoding != encoding:
             # Stored under another model's encoding: count again for this one.
             size = tokens.count_message_tokens(role=message.role, content=message.content, model=model)
+            recounted.append((message.message_id, size, encoding))
         if used + size > budget:
             truncated = True
             break
@@ -199,4 +208,5 @@ def build_prompt(
         history_used=len(chosen),
         history_truncated=truncated,
         user_message_tokens=user_message_tokens,
+        recounted=recounted,
     )

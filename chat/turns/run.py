@@ -1,39 +1,60 @@
 """Running a chat turn end to end, answered whole (`chat_turn_run`) or streamed (`chat_turn_stream`).
 
-Both wrap the three steps of steps.py (begin, the upstream call with no transaction
-open, complete or fail) and guarantee the same things however a turn ends — an upstream
-error, a timeout, the client going away, a bug:
-- the session's lease is released;
+Both wrap the steps of steps.py and end.py (begin, the upstream call with no transaction open,
+complete or fail) and guarantee the same things however a turn ends — an upstream error, a
+timeout, the client going away, a bug, the server shutting down, the database failing:
+- the session's lease is released (or, if the process dies, free within CHAT_TURN_LEASE_SECONDS);
 - the user's message is kept, with its status (never left pending);
-- the call is recorded exactly once, with the tokens upstream reported or, when an answer
-  was cut short, our own count of what was generated (marked estimated);
+- the call is recorded exactly once, with the tokens upstream reported or, when an answer was cut
+  short, our own count of what was generated (marked estimated); the record is written before the
+  call, so that a process that dies mid-call leaves it for the sweep to close (sweep.py);
+- a call never made (the client left before it) leaves no record;
 - no answer is invented: a streamed answer cut short is stored as it was, marked incomplete.
 
-The database steps run in threads (sync_to_async); the ones that end a turn are shielded from
-cancellation, so that a client who disconnects cannot leave a turn half-written.
+The database steps run in threads, in their turn (llmserver/db.py); the ones that end a turn are
+shielded from cancellation, so that a client who disconnects cannot leave a turn half-written, and
+tried again for a few seconds when the database fails (they are safe to run twice).
 """
 
 import asyncio
+import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
+from typing import Any
+
+from django import db
 
 from chat import tokens
 from chat.exceptions import SessionNotFound, UpstreamBadResponse, UpstreamTimeout
-from chat.models import ApiKey, Message
+from chat.models import ApiKey, Message, UsageRecord
 from chat.providers import Completion, StreamDelta
-from chat.sessions.lease import upstream_deadline_seconds
-from chat.turns import metrics, steps
+from chat.sessions.lease import heartbeat_interval_seconds, upstream_deadline_seconds
+from chat.turns import end, metrics, steps
 from chat.turns.steps import ChatTurnInput, PreparedTurn, StatelessTurnInput
-from chat.upstreams.choice import UpstreamChoice
-from llmserver.db import in_thread
+from chat.upstreams.choice import UpstreamChoice, upstream_confirm
+from chat.upstreams.selectors import model_check
+from llmserver.db import in_thread, unavailable
 from llmserver.http.errors import ApiError
 
-logger = logging.getLogger(__name__)
+# The name the turn's log lines have always had (operators filter on it), not this module's.
+logger = logging.getLogger("chat.turns")
 
 CLIENT_DISCONNECTED = "client_disconnected"
 INTERNAL_ERROR = "internal_error"
+# Cut off by the server's own shutdown: the turns still waiting on upstream once uvicorn has waited
+# GRACEFUL_SHUTDOWN_SECONDS for them (`turns_ending`).
+SERVER_SHUTDOWN = "server_shutdown"
+SHUTDOWN_MESSAGE = "server shutdown"
+# The waits before an end step is tried again after the database failed: about 8 s in all, then
+# the sweep closes the turn instead.
+DATABASE_RETRY_WAITS = (0.25, 0.5, 1.0, 2.0, 4.0)
+# The tasks of the turns waiting on upstream, and the end steps under way: what a server shutting
+# down cuts short and waits for (turns_ending).
+_running: set[asyncio.Task] = set()
+_ending: set[asyncio.Future] = set()
 
 
 @dataclass(frozen=True)
@@ -57,36 +78,135 @@ def _elapsed_ms(started: float) -> int:
     return round((time.perf_counter() - started) * 1000)
 
 
+def _cancelled_by_shutdown(exc: BaseException) -> bool:
+    """`turns_ending` cancels the turns left when the server stops, saying so."""
+    return isinstance(exc, asyncio.CancelledError) and SHUTDOWN_MESSAGE in exc.args
+
+
 def _error_code_of(exc: BaseException) -> str:
     if isinstance(exc, ApiError):
         return exc.error_code
+    if _cancelled_by_shutdown(exc):
+        return SERVER_SHUTDOWN
     if isinstance(exc, (asyncio.CancelledError, GeneratorExit)):
         return CLIENT_DISCONNECTED
+    if (database_error := unavailable(exc)) is not None:
+        return database_error.error_code
     return INTERNAL_ERROR
+
+
+def _outcome_of(error_code: str, *, partial: bool) -> str:
+    if error_code == SERVER_SHUTDOWN:
+        return UsageRecord.Outcome.INTERRUPTED
+    return UsageRecord.Outcome.PARTIAL if partial else UsageRecord.Outcome.FAILED
+
+
+async def _with_retries(step: Callable[..., Any], **kwargs: Any) -> Any:
+    """`step` in a thread, tried again while the database fails (DATABASE_RETRY_WAITS)."""
+    for wait in (*DATABASE_RETRY_WAITS, None):
+        try:
+            return await in_thread(step)(**kwargs)
+        except (db.OperationalError, db.InterfaceError) as exc:
+            if wait is None:
+                raise
+            logger.warning("%s failed (%s: %s); trying again in %.2f s", step.__name__, type(exc).__name__, exc, wait)
+            await asyncio.sleep(wait)
+    raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+async def _ending_step(step: Callable[..., Any], **kwargs: Any) -> Any:
+    """An end step, run to its end even if the turn's task is cancelled meanwhile (the client
+    leaving, the server shutting down): a turn must not be left half-written."""
+    task = asyncio.ensure_future(_with_retries(step, **kwargs))
+    _ending.add(task)
+    task.add_done_callback(_ending.discard)
+    return await asyncio.shield(task)
+
+
+@contextmanager
+def _running_turn() -> Iterator[None]:
+    """The current task is a turn waiting on upstream, for `turns_ending` to find."""
+    task = asyncio.current_task()
+    if task is not None:
+        _running.add(task)
+    try:
+        yield
+    finally:
+        _running.discard(task)  # type: ignore[arg-type]
+
+
+async def turns_ending(*, timeout: float) -> int:
+    """End the turns still waiting on upstream, and wait (at most `timeout` seconds) for their ends
+    to be written. A stopping server calls this once uvicorn has waited GRACEFUL_SHUTDOWN_SECONDS
+    for its requests: uvicorn then cancels the requests left, but Django's handler runs each view
+    in a task of its own, which that does not reach, and which the process would drop unfinished.
+    Cancelled here, each turn records its call as interrupted (server_shutdown), marks its question
+    failed and releases its session. Returns how many were not done after the wait."""
+    for task in list(_running):
+        task.cancel(SHUTDOWN_MESSAGE)
+    pending = {*_running, *_ending}
+    if pending:
+        await asyncio.wait(pending, timeout=timeout)
+    return len(_running | _ending)
 
 
 async def _begin(
     *, api_key: ApiKey, upstream: UpstreamChoice, turn: ChatTurnInput | StatelessTurnInput
-) -> PreparedTurn:
-    """Step 1 in a thread. If the client goes away meanwhile, the write goes on regardless: wait
-    for it, then end the turn so that the session is not left locked."""
+) -> tuple[PreparedTurn, UpstreamChoice]:
+    """Step 1 in a thread, then the choice of upstream confirmed (free_mode's check of the caller's
+    key comes only now, once the turn is admitted). If the client goes away meanwhile, the write
+    goes on regardless: wait for it, then end the turn (upstream was not asked: no usage record)."""
     step = steps.chat_turn_begin if isinstance(turn, ChatTurnInput) else steps.stateless_turn_begin
     begin = asyncio.ensure_future(in_thread(step)(api_key=api_key, turn=turn, key_source=upstream.key_source))
     try:
         prepared = await asyncio.shield(begin)
-    except asyncio.CancelledError:
+    except asyncio.CancelledError as exc:
         try:
             prepared = await begin
         except ApiError:
             raise asyncio.CancelledError from None
-        await in_thread(steps.chat_turn_fail)(turn=prepared, error_code=CLIENT_DISCONNECTED, latency_ms=0)
+        await _ending_step(end.chat_turn_discard, turn=prepared, error_code=_error_code_of(exc))
+        raise
+    try:
+        confirmed = await upstream_confirm(upstream)
+        if confirmed.key_source != prepared.key_source:
+            # free_mode fell back on the server's key: the key's model rules for it apply.
+            model_check(api_key=api_key, model=prepared.model, key_source=confirmed.key_source)
+            prepared = dataclasses.replace(prepared, key_source=confirmed.key_source)
+    except BaseException as exc:
+        await _ending_step(end.chat_turn_discard, turn=prepared, error_code=_error_code_of(exc))
+        _name_turn_in(exc, prepared)
         raise
     logger.info(
         "chat start session=%s key=%s model=%s key_source=%s history_messages=%d prompt_tokens=%d",
         prepared.session_id or "-", api_key.key_id, prepared.model, prepared.key_source,
         prepared.prompt.history_used, prepared.prompt.prompt_tokens,
     )
-    return prepared
+    return prepared, confirmed
+
+
+@asynccontextmanager
+async def _kept_alive(prepared: PreparedTurn, written: list[str] | None = None) -> AsyncIterator[None]:
+    """While the block runs (the upstream call), renew the turn's lease and its usage record's
+    heartbeat every heartbeat_interval_seconds(), with the tokens of what a stream has `written`
+    so far. A turn quicker than that writes nothing more."""
+
+    async def renew() -> None:
+        while True:
+            await asyncio.sleep(heartbeat_interval_seconds())
+            try:
+                held = await in_thread(end.chat_turn_renew)(turn=prepared, text_so_far="".join(written or ()))
+            except Exception as exc:  # noqa: BLE001 - the turn goes on; the next renewal may work
+                logger.warning("chat lease not renewed session=%s: %s", prepared.session_id or "-", exc)
+                continue
+            if not held:
+                logger.warning("chat lease lost session=%s (taken for dead)", prepared.session_id or "-")
+
+    renewal = asyncio.ensure_future(renew())
+    try:
+        yield
+    finally:
+        renewal.cancel()
 
 
 def _observe_upstream(*, upstream: UpstreamChoice, outcome: str, latency_ms: int, error_code: str = "") -> None:
@@ -108,8 +228,9 @@ async def _end_failed(
     """The turn failed before upstream answered anything: record it and release the session."""
     error_code = _error_code_of(exc)
     _observe_upstream(upstream=upstream, outcome="failed", latency_ms=latency_ms, error_code=error_code)
-    await asyncio.shield(
-        in_thread(steps.chat_turn_fail)(turn=prepared, error_code=error_code, latency_ms=latency_ms)
+    await _ending_step(
+        end.chat_turn_fail, turn=prepared, error_code=error_code, latency_ms=latency_ms,
+        outcome=_outcome_of(error_code, partial=False),
     )
     logger.warning("chat failed session=%s error=%s latency_ms=%d", prepared.session_id or "-", error_code, latency_ms)
     _name_turn_in(exc, prepared)
@@ -120,27 +241,28 @@ async def _end_answered(
     cut_short_by: str = "",
 ) -> Message | None:
     """Store the (possibly partial) answer. If storing fails, the tokens are recorded all the same
-    and the session released, rather than left locked until the lease runs out."""
+    and the session released, rather than left locked until the lease runs out. If the database
+    fails for longer than the retries, the sweep closes the turn instead (sweep.py)."""
     _observe_upstream(
         upstream=upstream, outcome="partial" if cut_short_by else "success", latency_ms=latency_ms,
         error_code=cut_short_by,
     )
+    # Labelled by the model the turn asked for (the one the key was allowed), not by whatever name
+    # upstream reports back.
     metrics.record_tokens(
-        model=completion.model, prompt_tokens=completion.prompt_tokens, completion_tokens=completion.completion_tokens
+        model=prepared.model, prompt_tokens=completion.prompt_tokens, completion_tokens=completion.completion_tokens
     )
+    outcome = _outcome_of(cut_short_by, partial=True) if cut_short_by else UsageRecord.Outcome.SUCCESS
     try:
-        return await asyncio.shield(
-            in_thread(steps.chat_turn_complete)(
-                turn=prepared, completion=completion, latency_ms=latency_ms, cut_short_by=cut_short_by
-            )
+        return await _ending_step(
+            end.chat_turn_complete, turn=prepared, completion=completion, latency_ms=latency_ms,
+            cut_short_by=cut_short_by, outcome=outcome,
         )
-    except SessionNotFound:
+    except (SessionNotFound, db.OperationalError, db.InterfaceError):
         raise
     except Exception:
-        await asyncio.shield(
-            in_thread(steps.chat_turn_fail)(
-                turn=prepared, error_code=INTERNAL_ERROR, latency_ms=latency_ms, completion=completion
-            )
+        await _ending_step(
+            end.chat_turn_fail, turn=prepared, error_code=INTERNAL_ERROR, latency_ms=latency_ms, completion=completion
         )
         raise
 
@@ -193,12 +315,13 @@ async def chat_turn_run(
     (failed) and the error's details name it, so that the client can find it.
     """
     started = time.perf_counter()
-    prepared = await _begin(api_key=api_key, upstream=upstream, turn=turn)
+    prepared, upstream = await _begin(api_key=api_key, upstream=upstream, turn=turn)
     upstream_started = time.perf_counter()
     try:
         try:
-            async with asyncio.timeout(upstream_deadline_seconds()):
-                completion = await upstream.provider.complete(prepared.completion_request())
+            with _running_turn():
+                async with asyncio.timeout(upstream_deadline_seconds()), _kept_alive(prepared):
+                    completion = await upstream.provider.complete(prepared.completion_request())
         except TimeoutError:
             raise UpstreamTimeout() from None
     except BaseException as exc:
@@ -231,7 +354,7 @@ async def chat_turn_stream(
     went away), upstream is closed at once and the partial answer is stored the same way.
     """
     started = time.perf_counter()
-    prepared = await _begin(api_key=api_key, upstream=upstream, turn=turn)
+    prepared, upstream = await _begin(api_key=api_key, upstream=upstream, turn=turn)
     upstream_started = time.perf_counter()
     # A deadline per read rather than one `asyncio.timeout` around the loop: this generator is
     # suspended at each yield while its consumer runs, and a timeout firing then would cancel the
@@ -242,26 +365,26 @@ async def chat_turn_stream(
     completion: Completion | None = None
     metrics.active_streams.inc()
     try:
-        try:
-            while completion is None:
-                try:
-                    async with asyncio.timeout_at(deadline):
-                        piece = await anext(pieces)
-                except TimeoutError:
-                    raise UpstreamTimeout() from None
-                except StopAsyncIteration:
-                    # A provider's stream always ends with its Completion; this one broke off.
-                    raise UpstreamBadResponse() from None
-                if isinstance(piece, Completion):
-                    completion = piece
-                else:
-                    parts.append(piece.text)
-                    yield piece
-        finally:
-            metrics.active_streams.dec()
-            # Stop reading upstream now (closing its response), not when the generator is collected.
-            await pieces.aclose()
+        with _running_turn():
+            async with _kept_alive(prepared, parts):
+                while completion is None:
+                    try:
+                        async with asyncio.timeout_at(deadline):
+                            piece = await anext(pieces)
+                    except TimeoutError:
+                        raise UpstreamTimeout() from None
+                    except StopAsyncIteration:
+                        # A provider's stream always ends with its Completion; this one broke off.
+                        raise UpstreamBadResponse() from None
+                    if isinstance(piece, Completion):
+                        completion = piece
+                    else:
+                        parts.append(piece.text)
+                        yield piece
     except BaseException as exc:
+        metrics.active_streams.dec()
+        # Stop reading upstream now (closing its response), not when the generator is collected.
+        await pieces.aclose()
         latency_ms = _elapsed_ms(upstream_started)
         if not parts:
             await _end_failed(prepared=prepared, upstream=upstream, exc=exc, latency_ms=latency_ms)
@@ -277,5 +400,7 @@ async def chat_turn_stream(
         )
         _name_turn_in(exc, prepared)
         raise
+    metrics.active_streams.dec()
+    await pieces.aclose()
     yield await _finish(prepared=prepared, upstream=upstream, completion=completion, started=started,
                         upstream_started=upstream_started)

@@ -26,27 +26,32 @@ _LEASED_SESSION_FIELDS = ("id", "title", "system_prompt", "model", "memory_facts
 @functools.cache
 def _lease_statement() -> str:
     started = db.column(ChatSession, "turn_started_at")
+    heartbeat = db.column(ChatSession, "turn_heartbeat_at")
     returned = ", ".join(db.column(ChatSession, name) for name in _LEASED_SESSION_FIELDS)
     return (
-        f"UPDATE {db.table(ChatSession)} SET {started} = %s "
+        f"UPDATE {db.table(ChatSession)} SET {started} = %s, {heartbeat} = %s "
         f"WHERE {db.column(ChatSession, 'api_key')} = %s AND {db.column(ChatSession, 'public_id')} = %s "
-        f"AND ({started} IS NULL OR {started} < %s) RETURNING {returned}"
+        f"AND ({heartbeat} IS NULL OR {heartbeat} < %s) RETURNING {returned}"
     )
 
 
-def session_lease(*, api_key_id: int, public_id: str, now: datetime, expired_before: datetime) -> ChatSession | None:
-    """Take the turn lease of an existing session whose lease is free (or ran out before
-    `expired_before`), and read what a turn needs of it, in one statement. None when there is
-    no such session or another turn holds it: the caller tells the two apart.
+def session_lease(*, api_key_id: int, public_id: str, now: datetime, dead_before: datetime) -> ChatSession | None:
+    """Take the turn lease of an existing session whose lease is free (or was last renewed before
+    `dead_before`: its holder is gone), and read what a turn needs of it, in one statement. None
+    when there is no such session or another turn holds it: the caller tells the two apart.
 
     The session returned holds the fields a turn reads; the others are deferred."""
     with connection.cursor() as cursor:
-        cursor.execute(_lease_statement(), [db.timestamp(now), api_key_id, public_id, db.timestamp(expired_before)])
+        cursor.execute(
+            _lease_statement(),
+            [db.timestamp(now), db.timestamp(now), api_key_id, public_id, db.timestamp(dead_before)],
+        )
         row = cursor.fetchone()
     if row is None:
         return None
     values = dict(
-        zip(_LEASED_SESSION_FIELDS, row, strict=True), api_key_id=api_key_id, public_id=public_id, turn_started_at=now
+        zip(_LEASED_SESSION_FIELDS, row, strict=True), api_key_id=api_key_id, public_id=public_id,
+        turn_started_at=now, turn_heartbeat_at=now,
     )
     memory_field = ChatSession._meta.get_field("memory_facts")
     values["memory_facts"] = memory_field.from_db_value(values["memory_facts"], None, connection)
@@ -59,10 +64,13 @@ def session_lease(*, api_key_id: int, public_id: str, now: datetime, expired_bef
 @functools.cache
 def _end_turn_statement() -> str:
     started = db.column(ChatSession, "turn_started_at")
+    heartbeat = db.column(ChatSession, "turn_heartbeat_at")
     prompt_total = db.column(ChatSession, "prompt_tokens_total")
     completion_total = db.column(ChatSession, "completion_tokens_total")
+    # Both CASEs read the row as it was before the UPDATE (SQL evaluates every SET against it).
     return (
         f"UPDATE {db.table(ChatSession)} SET "
+        f"{heartbeat} = CASE WHEN {started} = %s THEN NULL ELSE {heartbeat} END, "
         f"{started} = CASE WHEN {started} = %s THEN NULL ELSE {started} END, "
         f"{db.column(ChatSession, 'updated_at')} = %s, "
         f"{prompt_total} = {prompt_total} + %s, {completion_total} = {completion_total} + %s "
@@ -78,10 +86,42 @@ def session_end_turn(
     another turn stays) and add the turn's tokens to the session's totals, in one UPDATE that
     also locks the row for the rest of the transaction. False when the session is gone."""
     with connection.cursor() as cursor:
+        lease = db.timestamp(lease_started_at)
         cursor.execute(
-            _end_turn_statement(),
-            [db.timestamp(lease_started_at), db.timestamp(now), prompt_tokens, completion_tokens, session_pk],
+            _end_turn_statement(), [lease, lease, db.timestamp(now), prompt_tokens, completion_tokens, session_pk]
         )
+        return cursor.rowcount > 0
+
+
+@functools.cache
+def _add_tokens_statement() -> str:
+    prompt_total = db.column(ChatSession, "prompt_tokens_total")
+    completion_total = db.column(ChatSession, "completion_tokens_total")
+    return (
+        f"UPDATE {db.table(ChatSession)} SET {prompt_total} = {prompt_total} + %s, "
+        f"{completion_total} = {completion_total} + %s WHERE {db.column(ChatSession, 'id')} = %s"
+    )
+
+
+def session_add_tokens(*, session_pk: int, prompt_tokens: int, completion_tokens: int) -> None:
+    """Move the session's token totals by these (negative to take tokens back)."""
+    with connection.cursor() as cursor:
+        cursor.execute(_add_tokens_statement(), [prompt_tokens, completion_tokens, session_pk])
+
+
+@functools.cache
+def _renew_statement() -> str:
+    return (
+        f"UPDATE {db.table(ChatSession)} SET {db.column(ChatSession, 'turn_heartbeat_at')} = %s "
+        f"WHERE {db.column(ChatSession, 'id')} = %s AND {db.column(ChatSession, 'turn_started_at')} = %s"
+    )
+
+
+def session_renew_lease(*, session_pk: int, lease_started_at: datetime, now: datetime) -> bool:
+    """Renew the lease taken at `lease_started_at`. False when it is no longer this turn's (taken
+    for dead and given to another turn) or the session is gone."""
+    with connection.cursor() as cursor:
+        cursor.execute(_renew_statement(), [db.timestamp(now), session_pk, db.timestamp(lease_started_at)])
         return cursor.rowcount > 0
 
 
@@ -96,6 +136,22 @@ def _status_statement() -> str:
 def message_set_status(*, message_id: int, status: str, error_code: str = "") -> None:
     with connection.cursor() as cursor:
         cursor.execute(_status_statement(), [status, error_code, message_id])
+
+
+@functools.cache
+def _recount_statement() -> str:
+    return (
+        f"UPDATE {db.table(Message)} SET {db.column(Message, 'token_count')} = %s, "
+        f"{db.column(Message, 'token_encoding')} = %s WHERE {db.column(Message, 'id')} = %s"
+    )
+
+
+def messages_recounted(*, counts: list[tuple[int, int, str]]) -> None:
+    """Store (message id, token count, encoding) for messages counted again under another
+    model's encoding, so that the next turn does not count them again."""
+    with connection.cursor() as cursor:
+        rows = [(count, encoding, message_id) for message_id, count, encoding in counts]
+        cursor.executemany(_recount_statement(), rows)
 
 
 @functools.cache

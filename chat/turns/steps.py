@@ -1,16 +1,16 @@
-"""The steps of a chat turn that write. A turn is three short steps, and no database transaction
-is ever open while the model thinks:
+"""The first step of a chat turn, and what a turn is. A turn is three short steps, and no database
+transaction is ever open while the model thinks:
 1. `chat_turn_begin` (one transaction): find or create the session, take its turn lease
-   (chat/sessions/lease.py), store the user's message as pending, and build the prompt from
-   stored history;
-2. the upstream call, with no transaction open (run.py);
-3. `chat_turn_complete` or `chat_turn_fail` (one transaction): store the answer, the usage and
-   the session's new totals, or mark the user's message failed; release the lease.
+   (chat/sessions/lease.py), build the prompt from stored history, reserve against the key's
+   limits, store the user's message as pending and the call's usage record as in flight;
+2. the upstream call, with no transaction open (run.py), the lease renewed while it lasts;
+3. `chat_turn_complete` or `chat_turn_fail` (end.py, one transaction): store the answer, close
+   the usage record, add to the session's totals, or mark the user's message failed; release
+   the lease.
 
 The statements on this path are written out once (sql.py), not built by the ORM on every turn.
 """
 
-import logging
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -20,11 +20,11 @@ from django.utils import timezone
 from django.utils.translation import gettext as _
 
 from chat import tokens
-from chat.exceptions import SessionBusy, SessionNotFound
+from chat.exceptions import SessionBusy
 from chat.models import ApiKey, ChatSession, Message, UsageRecord
-from chat.providers import Completion, CompletionRequest
+from chat.providers import CompletionRequest
 from chat.sessions.ids import new_session_public_id
-from chat.sessions.lease import turn_lease
+from chat.sessions.lease import lease_dead_before
 from chat.sessions.selectors import session_has_messages
 from chat.sessions.services import merge_memory, title_from
 from chat.turns import sql
@@ -32,10 +32,8 @@ from chat.turns.history import history_newest_first
 from chat.turns.prompt import Prompt, build_prompt, fixed_prompt
 from chat.upstreams.selectors import model_check, model_default_for
 from chat.usage import limits
-from chat.usage.services import usage_record
+from chat.usage.services import usage_begin
 from llmserver import db
-
-logger = logging.getLogger(__name__)
 
 # The original contract's defaults (POST /api/v1/chat); the API's serializer takes them from here.
 DEFAULT_MAX_TOKENS = 1000
@@ -89,6 +87,8 @@ class PreparedTurn:
     warnings: list[str]
     # The lease this turn holds: only this turn's end may release it.
     lease_started_at: datetime | None
+    # The call's record, written in flight by the first step and closed by the turn's end.
+    usage_record: UsageRecord
     key_source: str = UsageRecord.KeySource.DEFAULT
     # What the turn reserved against the key's limits, settled when it ends.
     reservations: tuple[limits.Reservation, ...] = ()
@@ -132,6 +132,7 @@ def _session_leased(*, api_key: ApiKey, turn: ChatTurnInput, now: datetime, key_
         "model": turn.model or model_default_for(api_key),
         "title": title_from(turn.user_message),
         "turn_started_at": now,
+        "turn_heartbeat_at": now,
     }
     if not turn.session_id:
         # An id made up just now cannot exist yet: no lookup, no savepoint.
@@ -140,7 +141,7 @@ def _session_leased(*, api_key: ApiKey, turn: ChatTurnInput, now: datetime, key_
         created = True
     else:
         session = sql.session_lease(
-            api_key_id=api_key.pk, public_id=turn.session_id, now=now, expired_before=now - turn_lease()
+            api_key_id=api_key.pk, public_id=turn.session_id, now=now, dead_before=lease_dead_before(now)
         )
         if session is not None:
             model_check(api_key=api_key, model=turn.model or session.model, key_source=key_source)
@@ -163,7 +164,8 @@ def chat_turn_begin(
 
     Raises SessionBusy when another turn of the session is in flight, ContextTooLong when the
     new message cannot fit, InvalidInput for too many memory facts, ModelNotAllowed or
-    ModelNotAvailable when the key may not use the model.
+    ModelNotAvailable when the key may not use the model, LimitExceeded (or ModelNotPriced) when
+    its limits do not allow the turn.
     """
     now = timezone.now()
     warnings: list[str] = []
@@ -202,6 +204,13 @@ def chat_turn_begin(
                     for role, content in turn.conversation_history
                 )
 
+        # A key out of tokens or budget is refused before the history is read (a long session's
+        # history costs a read and a count on every refused turn otherwise).
+        user_message_tokens = tokens.count_message_tokens(role="user", content=turn.user_message, model=session.model)
+        limits.check_room(
+            api_key=api_key, model=session.model, prompt_tokens_at_least=user_message_tokens,
+            max_tokens=turn.max_tokens, now=now,
+        )
         prompt = build_prompt(
             model=session.model,
             max_tokens=turn.max_tokens,
@@ -209,7 +218,10 @@ def chat_turn_begin(
             memory_facts=session.memory_facts,
             history_newest_first=history_newest_first(session_pk=session.pk),
             user_message=turn.user_message,
+            user_message_tokens=user_message_tokens,
         )
+        if prompt.recounted:
+            sql.messages_recounted(counts=prompt.recounted)
         reservations = limits.reserve(
             api_key=api_key, model=session.model, prompt_tokens=prompt.prompt_tokens, max_tokens=turn.max_tokens,
             now=now,
@@ -224,6 +236,10 @@ def chat_turn_begin(
         )
         user_message.model = session.model
         db.insert(user_message)
+        record = usage_begin(
+            api_key_id=api_key.pk, session_pk=session.pk, user_message_id=user_message.pk, model=session.model,
+            prompt_tokens=prompt.prompt_tokens, key_source=key_source, reservations=reservations, now=now,
+        )
     return PreparedTurn(
         api_key_id=api_key.pk,
         session_pk=session.pk,
@@ -235,6 +251,7 @@ def chat_turn_begin(
         temperature=turn.temperature,
         warnings=warnings,
         lease_started_at=now,
+        usage_record=record,
         key_source=key_source,
         reservations=tuple(reservations),
         options=turn.options,
@@ -244,8 +261,8 @@ def chat_turn_begin(
 def stateless_turn_begin(
     *, api_key: ApiKey, turn: StatelessTurnInput, key_source: str = UsageRecord.KeySource.DEFAULT
 ) -> PreparedTurn:
-    """Step 1 of a turn that keeps no conversation: check the model and the prompt's size, and
-    reserve against the key's limits. Stores nothing.
+    """Step 1 of a turn that keeps no conversation: check the model and the prompt's size, reserve
+    against the key's limits, and write the call's usage record in flight. Stores nothing else.
 
     Raises ModelNotAllowed or ModelNotAvailable, ContextTooLong, or LimitExceeded.
     """
@@ -256,6 +273,10 @@ def stateless_turn_begin(
     with transaction.atomic():
         reservations = limits.reserve(
             api_key=api_key, model=model, prompt_tokens=prompt.prompt_tokens, max_tokens=turn.max_tokens, now=now
+        )
+        record = usage_begin(
+            api_key_id=api_key.pk, session_pk=None, user_message_id=None, model=model,
+            prompt_tokens=prompt.prompt_tokens, key_source=key_source, reservations=reservations, now=now,
         )
     return PreparedTurn(
         api_key_id=api_key.pk,
@@ -268,108 +289,8 @@ def stateless_turn_begin(
         temperature=turn.temperature,
         warnings=[],
         lease_started_at=None,
+        usage_record=record,
         key_source=key_source,
         reservations=tuple(reservations),
         options=turn.options,
-    )
-
-
-def chat_turn_complete(
-    *, turn: PreparedTurn, completion: Completion, latency_ms: int, cut_short_by: str = ""
-) -> Message | None:
-    """Step 3 when upstream answered, in one transaction: the answer, its usage, the session's
-    totals. Returns the stored answer (None for a stateless turn, which stores none).
-
-    `cut_short_by` is the error code of whatever ended a streamed answer early (the client went
-    away, upstream dropped): the partial answer and its question are stored marked incomplete, so
-    that they are kept but never replayed, and the call is recorded as partial.
-    """
-    if turn.stateless:
-        outcome = UsageRecord.Outcome.PARTIAL if cut_short_by else UsageRecord.Outcome.SUCCESS
-        with transaction.atomic():
-            _record_usage(turn=turn, completion=completion, latency_ms=latency_ms, outcome=outcome,
-                          error_code=cut_short_by)
-        return None
-    status = Message.Status.INCOMPLETE if cut_short_by else Message.Status.COMPLETE
-    answer = _stored_message(
-        session_pk=turn.session_pk,
-        role=Message.Role.ASSISTANT,
-        content=completion.text,
-        model=turn.model,
-        prompt_tokens=completion.prompt_tokens,
-        completion_tokens=completion.completion_tokens,
-        latency_ms=latency_ms,
-        status=status,
-        error_code=cut_short_by,
-    )
-    answer.model = completion.model
-    with transaction.atomic():
-        session_exists = sql.session_end_turn(
-            session_pk=turn.session_pk, lease_started_at=turn.lease_started_at, now=timezone.now(),
-            prompt_tokens=completion.prompt_tokens, completion_tokens=completion.completion_tokens,
-        )
-        if session_exists:
-            sql.message_set_status(message_id=turn.user_message_id, status=status, error_code=cut_short_by)
-            db.insert(answer)
-        # Last: see _record_usage.
-        _record_usage(
-            turn=turn, completion=completion, latency_ms=latency_ms,
-            outcome=UsageRecord.Outcome.PARTIAL if cut_short_by else UsageRecord.Outcome.SUCCESS,
-            error_code=cut_short_by, session_exists=session_exists,
-        )
-    if not session_exists:
-        # Deleted while upstream answered (possible only once the lease had run out): the tokens
-        # were spent all the same, so they were recorded above, against no session.
-        raise SessionNotFound(
-            _("The session was deleted while its answer was being written; the tokens used were recorded."),
-            details={"session_id": turn.session_id},
-        )
-    return answer
-
-
-def chat_turn_fail(
-    *, turn: PreparedTurn, error_code: str, latency_ms: int, completion: Completion | None = None
-) -> None:
-    """Step 3 on failure, in one transaction: the user's message is kept, marked failed (so it is
-    never replayed); no answer is invented; the call is recorded as failed, with the tokens of
-    `completion` when upstream did answer (and storing the answer is what failed), else none."""
-    if turn.stateless:
-        with transaction.atomic():
-            _record_usage(turn=turn, completion=completion, latency_ms=latency_ms,
-                          outcome=UsageRecord.Outcome.FAILED, error_code=error_code)
-        return
-    with transaction.atomic():
-        session_exists = sql.session_end_turn(
-            session_pk=turn.session_pk, lease_started_at=turn.lease_started_at, now=timezone.now()
-        )
-        sql.message_set_status(message_id=turn.user_message_id, status=Message.Status.FAILED, error_code=error_code)
-        _record_usage(turn=turn, completion=completion, latency_ms=latency_ms, outcome=UsageRecord.Outcome.FAILED,
-                      error_code=error_code, session_exists=session_exists)
-
-
-def _record_usage(
-    *, turn: PreparedTurn, completion: Completion | None, latency_ms: int, outcome: str,
-    error_code: str = "", session_exists: bool = True,
-) -> None:
-    """Record the call and settle the turn's reservations to what it used.
-
-    Always the last writes of a turn's transaction: the roll-up rows are shared (the key's by
-    every turn of the key, the all-keys one by every turn of the model), and so are a key's limit
-    counters, and each turn holds their row locks from its UPDATE until it commits. Written first,
-    they made a key's concurrent turns wait for the rest of each other's transactions (sampled from
-    pg_stat_activity at 8 clients: a third as many lock waits since)."""
-    record = usage_record(
-        api_key_id=turn.api_key_id,
-        session_pk=turn.session_pk if session_exists else None,
-        model=completion.model if completion else turn.model,
-        prompt_tokens=completion.prompt_tokens if completion else 0,
-        completion_tokens=completion.completion_tokens if completion else 0,
-        usage_estimated=completion.usage_estimated if completion else False,
-        key_source=turn.key_source,
-        latency_ms=latency_ms,
-        outcome=outcome,
-        error_code=error_code,
-    )
-    limits.settle(
-        api_key_id=turn.api_key_id, reservations=list(turn.reservations), tokens=record.total_tokens, cost=record.cost
     )

@@ -7,6 +7,9 @@ succeeds while `used + amount <= limit`. The database applies it atomically, so 
 cannot overshoot, on SQLite and PostgreSQL alike, however many processes there are. The turn's
 end settles tokens and cost to what upstream reported. The functions run inside the services'
 transactions: a refused reservation rolls back everything the turn had written.
+
+Budgets fail closed: a key with a budget may use only a model with a price (chat/usage/pricing.py),
+since a model without one would cost nothing and never be stopped.
 """
 
 from dataclasses import dataclass
@@ -19,9 +22,9 @@ from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.utils.translation import gettext as _
 
-from chat.exceptions import LimitExceeded
+from chat.exceptions import LimitExceeded, ModelNotPriced
 from chat.models import ApiKey, LimitCounter
-from chat.usage.pricing import usage_cost
+from chat.usage.pricing import price_of, usage_cost
 
 Limit = LimitCounter.Limit
 
@@ -31,6 +34,15 @@ class Reservation:
     limit: str
     window_start: datetime
     amount: Decimal
+
+    def stored(self) -> list[str]:
+        """As a usage record keeps it (UsageRecord.reservations), for whoever closes the record."""
+        return [self.limit, self.window_start.isoformat(), str(self.amount)]
+
+    @classmethod
+    def from_stored(cls, stored: list[str]) -> "Reservation":
+        limit, window_start, amount = stored
+        return cls(limit=limit, window_start=datetime.fromisoformat(window_start), amount=Decimal(amount))
 
 
 def limits_of(api_key: ApiKey) -> dict[str, Decimal]:
@@ -85,17 +97,57 @@ def _worst_case(limit: str, *, model: str, prompt_tokens: int, max_tokens: int) 
     return usage_cost(model=model, prompt_tokens=prompt_tokens, completion_tokens=max_tokens)
 
 
+def _check_priced(*, model: str, maximum: Decimal) -> None:
+    if price_of(model) is None:
+        raise ModelNotPriced(
+            _(
+                "This API key has a monthly budget of $%(maximum)s, and the model %(model)s has no price, so its "
+                "cost could not be counted; use a model with a price, or ask the operator to price it."
+            ) % {"maximum": _amount(maximum), "model": model},
+            details={"model": model, "limit": Limit.MONTHLY_BUDGET},
+        )
+
+
+def check_room(*, api_key: ApiKey, model: str, prompt_tokens_at_least: int, max_tokens: int, now: datetime) -> None:
+    """Refuse at once a turn that cannot fit in the key's token or budget limits whatever its
+    history: its prompt has `prompt_tokens_at_least` (the new message, with no history at all).
+    Cheaper than `reserve`, which needs the whole prompt counted: a key over its limit must not
+    cost a read of a long session's history on every refused turn. Raises LimitExceeded (or
+    ModelNotPriced); reserves nothing."""
+    applying = {limit: maximum for limit, maximum in limits_of(api_key).items() if limit != Limit.REQUESTS_PER_MINUTE}
+    if not applying:
+        return
+    if Limit.MONTHLY_BUDGET in applying:
+        _check_priced(model=model, maximum=applying[Limit.MONTHLY_BUDGET])
+    windows = {limit: window_of(limit, now) for limit in applying}
+    used = {
+        counter.limit: counter.used
+        for counter in LimitCounter.objects.filter(api_key_id=api_key.pk, limit__in=list(applying)).only(
+            "limit", "window_start", "used"
+        )
+        if counter.window_start == windows[counter.limit][0]
+    }
+    for limit, maximum in applying.items():
+        needed = _worst_case(limit, model=model, prompt_tokens=prompt_tokens_at_least, max_tokens=max_tokens)
+        if used.get(limit, Decimal(0)) + needed > maximum:
+            raise _exceeded(limit=limit, maximum=maximum, needed=needed, resets_at=windows[limit][1], now=now)
+
+
 def reserve(
     *, api_key: ApiKey, model: str, prompt_tokens: int, max_tokens: int, now: datetime
 ) -> list[Reservation]:
     """Reserve the turn's worst case (one request; prompt plus `max_tokens` tokens; their cost)
     against the limits that apply to the key. A key without limits costs no query at all.
 
-    Raises LimitExceeded naming the first limit that would be passed; the caller's transaction
-    then rolls back the reservations already taken.
+    Raises LimitExceeded naming the first limit that would be passed, or ModelNotPriced when the
+    key has a budget and the model no price; the caller's transaction then rolls back the
+    reservations already taken.
     """
     reservations = []
-    for limit, maximum in limits_of(api_key).items():
+    applying = limits_of(api_key)
+    if Limit.MONTHLY_BUDGET in applying:
+        _check_priced(model=model, maximum=applying[Limit.MONTHLY_BUDGET])
+    for limit, maximum in applying.items():
         amount = _worst_case(limit, model=model, prompt_tokens=prompt_tokens, max_tokens=max_tokens)
         window_start, window_end = window_of(limit, now)
         if not _take(api_key_id=api_key.pk, limit=limit, window_start=window_start, amount=amount, maximum=maximum):
@@ -105,7 +157,9 @@ def reserve(
 
 
 def settle(*, api_key_id: int, reservations: list[Reservation], tokens: int, cost: Decimal) -> None:
-    """Replace the reserved tokens and cost with what was used. Requests stay counted."""
+    """Replace the reserved tokens and cost with what was used. Requests stay counted. (A record
+    closed twice, by the sweep and then by its turn, settles again from what the first close
+    counted: pass that as the reservations' amounts.)"""
     actual = {Limit.TOKENS_PER_DAY: Decimal(tokens), Limit.MONTHLY_BUDGET: cost}
     for reservation in reservations:
         if reservation.limit in actual:
@@ -130,5 +184,10 @@ def _exceeded(*, limit: str, maximum: Decimal, needed: Decimal, resets_at: datet
         message = _(
             "This API key's monthly budget of $%(maximum)s would be passed by this request's worst case "
             "($%(needed)s); the budget resets at %(reset)s UTC."
-        ) % {"maximum": f"{maximum:.2f}", "needed": f"{needed:.6f}", "reset": f"{resets_at:%Y-%m-%d %H:%M}"}
+        ) % {"maximum": _amount(maximum), "needed": f"{needed:.6f}", "reset": f"{resets_at:%Y-%m-%d %H:%M}"}
     return LimitExceeded(message, error_code=f"limit_{limit}", details=details, retry_after=seconds)
+
+
+def _amount(usd: Decimal) -> str:
+    """A budget as people write it: cents at least, and every digit it has beyond them."""
+    return f"{usd:.2f}" if usd == usd.quantize(Decimal("0.01")) else f"{usd.normalize():f}"

@@ -1,15 +1,68 @@
-"""The statements every chat turn runs on the usage roll-ups and the price table, written out
-once rather than built by the ORM each time (see chat/turns/sql.py for why)."""
+"""The statements every chat turn runs on its usage record, the roll-ups and the price table,
+written out once rather than built by the ORM each time (see chat/turns/sql.py for why)."""
 
 import functools
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
 from django.db import connection
 from django.db.models import Model
 
-from chat.models import ModelPrice
+from chat.models import ModelPrice, UsageRecord
 from llmserver import db
+
+# What closing a record sets, in this order.
+CLOSED_FIELDS = (
+    "session", "model", "prompt_tokens", "completion_tokens", "total_tokens", "usage_estimated", "cost", "key_source",
+    "latency_ms", "outcome", "error_code", "heartbeat_at",
+)
+
+
+@functools.cache
+def _close_statement(*, if_dead: bool) -> str:
+    assignments = ", ".join(f"{db.column(UsageRecord, name)} = %s" for name in CLOSED_FIELDS)
+    dead = f" AND {db.column(UsageRecord, 'heartbeat_at')} < %s" if if_dead else ""
+    return (
+        f"UPDATE {db.table(UsageRecord)} SET {assignments} "
+        f"WHERE {db.column(UsageRecord, 'id')} = %s AND {db.column(UsageRecord, 'outcome')} = %s{dead}"
+    )
+
+
+def usage_close(*, record_id: int, values: dict[str, Any], dead_before: datetime | None = None) -> bool:
+    """Set a record's final `values` (CLOSED_FIELDS, by name) if it is still in flight (and, with
+    `dead_before`, its heartbeat older than that: the sweep must not close a turn that has just
+    renewed it). False when it was closed already: by the sweep, or by this very turn in an attempt
+    whose end the database acknowledged too late to be seen."""
+    fields = [UsageRecord._meta.get_field(name) for name in CLOSED_FIELDS]
+    params = [field.get_db_prep_save(values[field.name], connection) for field in fields]
+    params += [record_id, UsageRecord.Outcome.IN_FLIGHT]
+    if dead_before is not None:
+        params.append(db.timestamp(dead_before))
+    with connection.cursor() as cursor:
+        cursor.execute(_close_statement(if_dead=dead_before is not None), params)
+        return cursor.rowcount > 0
+
+
+@functools.cache
+def _heartbeat_statement() -> str:
+    completion = db.column(UsageRecord, "completion_tokens")
+    return (
+        f"UPDATE {db.table(UsageRecord)} SET {db.column(UsageRecord, 'heartbeat_at')} = %s, {completion} = %s, "
+        f"{db.column(UsageRecord, 'total_tokens')} = {db.column(UsageRecord, 'prompt_tokens')} + %s "
+        f"WHERE {db.column(UsageRecord, 'id')} = %s AND {db.column(UsageRecord, 'outcome')} = %s"
+    )
+
+
+def usage_heartbeat(*, record_id: int, now: datetime, completion_tokens: int) -> bool:
+    """Say that the record's call is still under way, with the tokens it has written so far (what
+    the sweep records should the process die now). False when it is no longer in flight."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _heartbeat_statement(),
+            [db.timestamp(now), completion_tokens, completion_tokens, record_id, UsageRecord.Outcome.IN_FLIGHT],
+        )
+        return cursor.rowcount > 0
 
 
 @functools.cache

@@ -90,3 +90,20 @@ def fresh_postgres_database(admin_url: str, name: str) -> tuple[str, Callable[[]
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
     return admin_url.rsplit("/", 1)[0] + f"/{name}", drop
+
+
+def postgres_cut(database: str, *, refuse_for: float = 0.0) -> None:
+    """A database outage, as a server sees it: every connection to `database` terminated and, with
+    `refuse_for`, new ones refused that many seconds (then allowed again)."""
+    with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as admin:
+        if refuse_for:
+            admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false')
+        try:
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+                (database,),
+            )
+            time.sleep(refuse_for)
+        finally:
+            if refuse_for:
+                admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')

@@ -6,6 +6,7 @@ The fixtures are module-scoped: a test module starts the servers it asks for onc
 stopped when the module ends."""
 
 import asyncio
+import dataclasses
 import json
 import os
 import sqlite3
@@ -45,11 +46,18 @@ class Served:
     log_file: Path
     # The environment the server runs with, for manage.py commands against the same database.
     env: dict[str, str]
+    # The `manage.py serve` process (uvicorn's, whose workers are its children).
+    process: subprocess.Popen | None = None
 
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.api_key}"}
 
     def rows(self, sql: str) -> list[tuple]:
+        """The rows of `sql`, read from the server's database directly (SQLite or PostgreSQL)."""
+        url = self.env["DATABASE_URL"]
+        if url.startswith("postgres"):
+            with psycopg.connect(url) as connection:
+                return connection.execute(sql).fetchall()
         with sqlite3.connect(self.database) as connection:
             return connection.execute(sql).fetchall()
 
@@ -75,8 +83,24 @@ def chats_at_once(served: Served, bodies: list[dict], key: str | None = None) ->
 
 @pytest.fixture(scope="module")
 def serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
-    """Starts servers on demand; stops them all at the end of the module."""
+    """Starts servers on demand; stops them all at the end of the module. `serve.again(served)`
+    starts the same server again (its database, key and settings) once the first has stopped: a
+    restart, or a second instance."""
     processes: list[subprocess.Popen] = []
+
+    def launch(env: dict[str, str], port: int) -> tuple[subprocess.Popen, str]:
+        process = subprocess.Popen(
+            [sys.executable, "manage.py", "serve", "--port", str(port)], cwd=PROJECT_DIR, env=env,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        processes.append(process)
+        base_url = f"http://127.0.0.1:{port}"
+        wait_until_healthy(process, base_url, timeout_seconds=STARTUP_TIMEOUT_SECONDS)
+        return process, base_url
+
+    def again(served: Served) -> Served:
+        process, base_url = launch(served.env, free_port())
+        return dataclasses.replace(served, base_url=base_url, process=process)
 
     def start(**extra_env: str) -> Served:
         workdir = tmp_path_factory.mktemp("served")
@@ -92,17 +116,13 @@ def serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
         })
         manage("migrate", "--noinput", env=env)
         api_key = manage("create_api_key", "--name", "e2e", env=env).strip().splitlines()[-1]
-        process = subprocess.Popen(
-            [sys.executable, "manage.py", "serve"], cwd=PROJECT_DIR, env=env,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        processes.append(process)
-        base_url = f"http://127.0.0.1:{port}"
-        wait_until_healthy(process, base_url, timeout_seconds=STARTUP_TIMEOUT_SECONDS)
+        process, base_url = launch(env, port)
         return Served(
-            base_url=base_url, api_key=api_key, database=workdir / "db.sqlite3", log_file=workdir / "app.log", env=env
+            base_url=base_url, api_key=api_key, database=workdir / "db.sqlite3", log_file=workdir / "app.log", env=env,
+            process=process,
         )
 
+    start.again = again  # type: ignore[attr-defined]
     yield start
     stop(*processes)
 

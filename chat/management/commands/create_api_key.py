@@ -12,6 +12,9 @@ from chat.management.options import add_limit_arguments, limit_changes
 from chat.models import ApiKey, UpstreamCredential
 from llmserver.http.errors import ApiError
 
+# A hundred years: a date further off is not an expiry (and past the year 9999, not a date).
+MAX_EXPIRES_IN_DAYS = 36_500
+
 
 class Command(BaseCommand):
     help = "Create a client API key. The key is printed once, as the last line; only its hash is stored."
@@ -33,8 +36,8 @@ class Command(BaseCommand):
         if not name:
             raise CommandError("--name must not be empty.")
         expires_in = options["expires_in"]
-        if expires_in is not None and expires_in <= 0:
-            raise CommandError("--expires-in must be a positive number of days.")
+        if expires_in is not None and not 0 < expires_in <= MAX_EXPIRES_IN_DAYS:
+            raise CommandError(f"--expires-in must be a number of days from 1 to {MAX_EXPIRES_IN_DAYS}.")
         owner = None
         if options["owner"]:
             owner = get_user_model().objects.filter(username=options["owner"]).first()

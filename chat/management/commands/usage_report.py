@@ -9,6 +9,8 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from chat.management.options import api_key_from_argument
 from chat.usage import selectors
 
+# Ten years of roll-ups: a longer period is a typo (and past the year 1, not a date).
+MAX_DAYS = 3660
 COLUMNS = ("DAY", "MODEL", "REQUESTS", "PROMPT", "COMPLETION", "TOTAL", "COST (USD)")
 
 
@@ -20,8 +22,8 @@ class Command(BaseCommand):
         parser.add_argument("--key", metavar="KEY_ID", help="Only this key (see list_api_keys).")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        if options["days"] < 1:
-            raise CommandError("--days must be at least 1.")
+        if not 1 <= options["days"] <= MAX_DAYS:
+            raise CommandError(f"--days must be from 1 to {MAX_DAYS}.")
         api_key = api_key_from_argument(options["key"]) if options["key"] else None
         day_to = datetime.now(dt_timezone.utc).date()
         day_from = day_to - timedelta(days=options["days"] - 1)

@@ -56,7 +56,9 @@ class Command(BaseCommand):
             # Django's LOGGING (our format, logs/app.log) already handles uvicorn's loggers.
             log_config=None,
             access_log=settings.ACCESS_LOG,
-            lifespan="off",
+            # The sweep of interrupted turns, and writing the ends of the turns a shutdown cut
+            # short (llmserver/asgi.py).
+            lifespan="on",
             # Behind a reverse proxy, trust its X-Forwarded-* headers only from the given addresses.
             proxy_headers=True,
             forwarded_allow_ips=settings.FORWARDED_ALLOW_IPS,

@@ -2,6 +2,7 @@
 
 import re
 from datetime import timedelta
+from decimal import Decimal
 
 import pytest
 from django.contrib.auth.models import User
@@ -146,7 +147,7 @@ def test_limits_are_editable_in_the_admin(alice: Persona, operator) -> None:
 
     assert response.status_code == 302
     api_key = ApiKey.objects.get()
-    assert (api_key.requests_per_minute, api_key.tokens_per_day, str(api_key.monthly_budget_usd)) == (30, None, "12.50")
+    assert (api_key.requests_per_minute, api_key.tokens_per_day, api_key.monthly_budget_usd) == (30, None, Decimal("12.5"))
     assert alice.api_key.events.last().note == "monthly_budget_usd, requests_per_minute"
 
 

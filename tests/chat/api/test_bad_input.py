@@ -189,6 +189,11 @@ def test_an_unknown_format_is_a_406_not_a_404(alice: Persona) -> None:
     assert_refused(alice.client.get("/api/v1/sessions?format=xml"), 406, "not_acceptable")
 
 
+def test_an_empty_format_is_a_406_not_taken_for_no_format(alice: Persona) -> None:
+    assert_refused(alice.client.get("/api/v1/sessions?format="), 406, "not_acceptable")
+    assert alice.client.get("/api/v1/sessions?format=json").status_code == 200
+
+
 def test_json_nested_deeper_than_the_decoder_goes_is_a_malformed_request(alice: Persona) -> None:
     body = '{"user_message": "Hi", "memory_context": ' + "[" * 100_000 + "]" * 100_000 + "}"
 
@@ -213,3 +218,40 @@ def test_unstorable_text_is_found_in_a_body_in_another_charset(alice: Persona) -
     response = alice.client.post("/api/v1/chat", data=body, content_type="application/json; charset=utf-16")
 
     assert assert_refused(response, 400, "invalid_text")["details"] == {"field": "user_message"}
+
+
+@pytest.mark.parametrize("query", ["to=0001-01-01", "to=0001-01-29", "from=0001-01-01&to=0001-01-01"])
+def test_a_usage_period_at_the_beginning_of_the_calendar_is_a_400_or_an_answer_never_a_500(
+    alice: Persona, query: str
+) -> None:
+    response = alice.client.get(f"/api/v1/usage?{query}")
+
+    assert response.status_code in (200, 400), response.content
+    if response.status_code == 400:
+        assert response.json()["details"] == {"from": ["'to' is too early for the default period; send 'from' as well."]}
+
+
+@pytest.mark.parametrize("path", ["/api/v1/chat", "/api/v1/sessions"])
+def test_a_model_name_with_a_line_break_is_refused_so_that_it_cannot_forge_a_log_line(alice: Persona, path: str) -> None:
+    body = {"user_message": "Hi", "model": "gpt-4o\n2026-01-01 00:00:00,000 - chat.turns - INFO - [-] forged"}
+
+    response = post_json(alice, path, body)
+
+    assert_refused(response, 400, "validation_error")
+    assert response.json()["details"] == {"model": ["Must not contain control characters (such as a line break)."]}
+    assert_nothing_stored()
+
+
+def test_the_openai_api_refuses_a_model_name_with_a_line_break_too(alice: Persona) -> None:
+    response = post_json(alice, "/v1/chat/completions", {"model": "a\rb", "messages": [{"role": "user", "content": "Hi"}]})
+
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "model"
+
+
+@pytest.mark.parametrize("parameter", ["from", "to", "key", "group_by"])
+def test_a_usage_parameter_sent_empty_is_refused_not_taken_for_its_default(alice: Persona, parameter: str) -> None:
+    response = alice.client.get(f"/api/v1/usage?{parameter}=")
+
+    body = assert_refused(response, 400, "validation_error")
+    assert body["details"] == {parameter: ["Send a value, or leave the parameter out."]}

@@ -325,7 +325,7 @@ def test_it_imports_history_only_into_an_empty_session(alice: Persona, fake_upst
 
 def test_a_second_turn_while_one_is_in_flight_gets_409(alice: Persona, fake_upstream: FakeUpstream) -> None:
     chat(alice, session_id="s", user_message="First.")
-    ChatSession.objects.filter(public_id="s").update(turn_started_at=timezone.now())
+    ChatSession.objects.filter(public_id="s").update(turn_started_at=timezone.now(), turn_heartbeat_at=timezone.now())
 
     response = chat(alice, session_id="s", user_message="Second.")
 
@@ -336,11 +336,19 @@ def test_a_second_turn_while_one_is_in_flight_gets_409(alice: Persona, fake_upst
     assert len(fake_upstream.requests) == 1
 
 
-def test_a_lease_left_by_a_crashed_worker_expires(alice: Persona, fake_upstream: FakeUpstream) -> None:
+def test_a_lease_left_by_a_crashed_worker_is_free_once_it_is_no_longer_renewed(
+    alice: Persona, fake_upstream: FakeUpstream, settings
+) -> None:
+    """A turn renews its lease every third of CHAT_TURN_LEASE_SECONDS while it runs; a lease not
+    renewed for that long is its dead holder's, however recently the turn started."""
+    settings.CHAT_TURN_LEASE_SECONDS = 20
     chat(alice, session_id="s", user_message="First.")
-    ChatSession.objects.filter(public_id="s").update(turn_started_at=timezone.now() - timedelta(hours=1))
+    now = timezone.now()
+    ChatSession.objects.filter(public_id="s").update(turn_started_at=now, turn_heartbeat_at=now - timedelta(seconds=19))
+    assert chat(alice, session_id="s", user_message="Second.").status_code == 409
 
-    assert chat(alice, session_id="s", user_message="Second.").status_code == 200
+    ChatSession.objects.filter(public_id="s").update(turn_started_at=now, turn_heartbeat_at=now - timedelta(seconds=21))
+    assert chat(alice, session_id="s", user_message="Third.").status_code == 200
 
 
 def test_two_keys_using_the_same_session_id_never_see_each_other(

@@ -54,6 +54,19 @@ def test_the_same_key_with_another_body_is_a_422_and_runs_nothing(
     assert Message.objects.count() == 2
 
 
+def test_properties_the_contract_does_not_have_do_not_make_another_request(
+    alice: Persona, fake_upstream: FakeUpstream
+) -> None:
+    """The turn ignores them, so the key's check does too (they used to make a 422)."""
+    first = chat(alice, "order-1")
+
+    again = chat(alice, "order-1", {**BODY, "client_trace": "abc", "retry": 2})
+
+    assert (again.status_code, again["Idempotent-Replayed"]) == (200, "true")
+    assert again.json() == first.json()
+    assert len(fake_upstream.requests) == 1
+
+
 def test_keys_belong_to_the_client_key_that_sent_them(
     alice: Persona, bob: Persona, fake_upstream: FakeUpstream
 ) -> None:

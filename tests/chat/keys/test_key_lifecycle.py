@@ -179,3 +179,24 @@ def test_every_change_is_audited_with_who_did_it(alice: Persona) -> None:
     assert list(ApiKeyEvent.objects.order_by("id").values_list("action", "actor")) == [
         ("created", "test"), ("rotated", "command"), ("revoked", "command"),
     ]
+
+
+@pytest.mark.parametrize(("args", "sentence"), [
+    (["create_api_key", "--name", "x" * 101], "A key's name is 1 to 100 characters."),
+    (["create_api_key", "--name", "far", "--expires-in", "99999999"], "--expires-in must be a number of days from 1 to 36500."),
+    (["create_api_key", "--name", "far", "--tokens-per-day", "99999999999999999999"],
+     "tokens_per_day must be from 0 to 1000000000000000."),
+    (["update_api_key", "KEY", "--name", "x" * 101], "A key's name is 1 to 100 characters."),
+    (["usage_report", "--days", "1000000"], "--days must be from 1 to 3660."),
+])
+def test_a_command_given_a_value_past_its_bound_says_so_in_one_sentence(
+    alice: Persona, args: list[str], sentence: str
+) -> None:
+    from django.core.management import CommandError
+
+    args = [alice.api_key.key_id if arg == "KEY" else arg for arg in args]
+    with pytest.raises(CommandError) as refused:
+        run_command(*args)
+
+    assert str(refused.value) == sentence
+    assert ApiKey.objects.count() == 1

@@ -9,8 +9,9 @@ from chat.turns.prompt import HistoryMessage, build_prompt, context_window_for_m
 MODEL = "gpt-4o"
 
 
-def stored(role: str, content: str, model: str = MODEL) -> HistoryMessage:
+def stored(role: str, content: str, model: str = MODEL, message_id: int = 1) -> HistoryMessage:
     return HistoryMessage(
+        message_id=message_id,
         role=role,
         content=content,
         token_count=tokens.count_message_tokens(role=role, content=content, model=model),
@@ -86,7 +87,7 @@ def test_it_reads_history_only_as_far_as_the_budget_reaches(settings) -> None:
 
 def test_it_recounts_history_stored_under_another_encoding() -> None:
     text = "안녕하세요, 오늘 날씨가 좋네요!"
-    stale = HistoryMessage(role="user", content=text, token_count=999_999, token_encoding="cl100k_base")
+    stale = HistoryMessage(message_id=7, role="user", content=text, token_count=999_999, token_encoding="cl100k_base")
 
     prompt = build_prompt(
         model="gpt-4o", max_tokens=10, system_prompt="", memory_facts=[],

@@ -24,8 +24,9 @@ from chat.providers.base import Completion
 from chat.sessions import lease
 from chat.tokens import count_message_tokens
 from chat.turns import sql
+from chat.turns.end import chat_turn_complete, chat_turn_fail
 from chat.turns.run import chat_turn_run
-from chat.turns.steps import ChatTurnInput, chat_turn_begin, chat_turn_complete, chat_turn_fail
+from chat.turns.steps import ChatTurnInput, chat_turn_begin
 from chat.upstreams.choice import UpstreamChoice
 from chat.upstreams.selectors import model_check, models_usable_by
 from chat.upstreams.services import upstream_credential_save
@@ -75,7 +76,7 @@ def test_a_model_the_key_may_not_use_is_refused_as_such_even_while_the_session_i
 def test_a_leased_session_saved_whole_keeps_the_fields_the_lease_did_not_read(alice: Persona) -> None:
     stored = ChatSession.objects.create(api_key=alice.api_key, public_id="s", model="m", prompt_tokens_total=4)
     now = timezone.now()
-    leased = sql.session_lease(api_key_id=alice.api_key.pk, public_id="s", now=now, expired_before=now)
+    leased = sql.session_lease(api_key_id=alice.api_key.pk, public_id="s", now=now, dead_before=now)
 
     leased.title = "Renamed"
     leased.save()
@@ -154,7 +155,7 @@ def test_it_logs_start_and_end_with_session_and_tokens_but_never_the_contents(
 
     run_turn(alice, user_message="My secret question", session_id="logged", system_prompt="Secret persona")
 
-    chat_lines = [r.getMessage() for r in caplog.records if r.name == "chat.turns.run"]
+    chat_lines = [r.getMessage() for r in caplog.records if r.name == "chat.turns"]
     assert chat_lines[0].startswith("chat start session=logged key=")
     assert chat_lines[1].startswith("chat end session=logged tokens=14 prompt_tokens=11 completion_tokens=3 ")
     everything = "\n".join(r.getMessage() for r in caplog.records)
@@ -197,7 +198,7 @@ def test_an_answer_for_a_session_deleted_meanwhile_is_still_billed(alice: Person
 
 def test_a_turn_that_outlived_its_lease_does_not_release_the_next_turns_lease(alice: Persona) -> None:
     first = chat_turn_begin(api_key=alice.api_key, turn=ChatTurnInput(user_message="One", session_id="s"))
-    ChatSession.objects.update(turn_started_at=timezone.now() - timedelta(hours=1))
+    ChatSession.objects.update(turn_heartbeat_at=timezone.now() - timedelta(hours=1))
     second = chat_turn_begin(api_key=alice.api_key, turn=ChatTurnInput(user_message="Two", session_id="s"))
 
     chat_turn_complete(turn=first, completion=COMPLETION, latency_ms=10)
@@ -232,7 +233,7 @@ def test_upstream_retries_are_cut_at_the_turns_deadline(
         run_turn(alice, user_message="Hi", session_id="s")
 
     assert Message.objects.get().error_code == "upstream_timeout"
-    assert lease.turn_lease().total_seconds() > lease.upstream_deadline_seconds()
+    assert lease.longest_turn().total_seconds() > lease.upstream_deadline_seconds()
 
 
 def test_the_models_a_key_is_listed_are_the_models_it_may_use(db: None) -> None:
@@ -254,3 +255,59 @@ def test_the_models_a_key_is_listed_are_the_models_it_may_use(db: None) -> None:
         model_check(api_key=narrowed, model="o3", key_source="default")
     with pytest.raises(ModelNotAllowed):
         model_check(api_key=narrowed, model="gpt-4o-mini", key_source="default")
+
+
+def test_a_client_gone_while_its_question_is_stored_leaves_no_usage_record(
+    alice: Persona, fake_upstream: FakeUpstream
+) -> None:
+    """No call was made, so there is no record of one (there used to be a failed one, so that the
+    records outnumbered the calls)."""
+
+    async def leave_at_once() -> None:
+        task = asyncio.create_task(
+            chat_turn_run(api_key=alice.api_key, upstream=default_upstream(),
+                          turn=ChatTurnInput(user_message="Hi", session_id="s"))
+        )
+        await asyncio.sleep(0)  # the first step has started
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    async_to_sync(leave_at_once)()
+
+    assert fake_upstream.requests == []
+    assert UsageRecord.objects.count() == 0
+    assert list(Message.objects.values_list("status", "error_code")) == [("failed", "client_disconnected")]
+    assert ChatSession.objects.get().turn_started_at is None
+
+
+def test_a_key_out_of_tokens_is_refused_before_the_history_is_read(alice: Persona, fake_upstream: FakeUpstream) -> None:
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from chat.models import ApiKey
+
+    run_turn(alice, user_message="Hi", session_id="s")
+    ApiKey.objects.filter(pk=alice.api_key.pk).update(tokens_per_day=10)
+    alice.api_key.refresh_from_db()
+
+    with CaptureQueriesContext(connection) as queries, pytest.raises(Exception) as refused:
+        run_turn(alice, user_message="Hi again", session_id="s")
+
+    assert getattr(refused.value, "error_code", "") == "limit_tokens_per_day"
+    history_reads = [q["sql"] for q in queries.captured_queries if "FROM" in q["sql"] and "chat_message" in q["sql"]
+                     and "ORDER BY" in q["sql"]]
+    assert history_reads == []
+
+
+def test_history_counted_again_under_another_model_is_stored_as_counted(alice: Persona, fake_upstream: FakeUpstream) -> None:
+    run_turn(alice, user_message="Hello there", session_id="s", model="gpt-4")  # cl100k_base
+    assert set(Message.objects.values_list("token_encoding", flat=True)) == {"cl100k_base"}
+
+    run_turn(alice, user_message="And now?", session_id="s", model="gpt-4o")  # o200k_base
+
+    first_turn = Message.objects.order_by("id")[:2]
+    assert {m.token_encoding for m in first_turn} == {"o200k_base"}
+    assert [m.token_count for m in first_turn] == [
+        count_message_tokens(role=m.role, content=m.content, model="gpt-4o") for m in first_turn
+    ]

@@ -1,9 +1,13 @@
 """Bring your own key: X-Upstream-Api-Key or `api_key`, with and without free_mode."""
 
+import time
+
 from django.core.cache import cache
 
-from chat.models import Message, UsageRecord
-from chat.upstreams.choice import verdict_cache_key
+from chat.models import ApiKey, Message, UpstreamCredential, UsageRecord
+from chat.upstreams.choice import UNDECIDED, UNDECIDED_VERDICT_SECONDS, verdict_cache_key
+from chat.upstreams.services import upstream_credential_save
+from tests.support.clock import wait_for_a_fresh_minute
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.personas import UPSTREAM_TEST_KEY, Persona
 
@@ -93,13 +97,17 @@ def test_free_mode_falls_back_to_the_server_key_when_the_callers_is_rejected(
     assert UsageRecord.objects.get().key_source == "default"
 
 
-def test_free_mode_does_not_cache_a_check_that_could_not_decide(alice: Persona, settings) -> None:
+def test_free_mode_remembers_a_check_that_could_not_decide_only_briefly(alice: Persona, settings) -> None:
+    """Upstream down: each free_mode request used to check the key again (a call every time); the
+    undecided verdict is now kept for UNDECIDED_VERDICT_SECONDS, and means the server's key."""
     settings.OPENAI_BASE_URL = "http://127.0.0.1:9/v1"  # nothing listens: the check cannot decide
     settings.OPENAI_API_KEY = "sk-anything"
+    cache_key = verdict_cache_key(WRONG_KEY, settings.OPENAI_BASE_URL)
 
     chat(alice, api_key=WRONG_KEY, free_mode=True)
 
-    assert cache.get(verdict_cache_key(WRONG_KEY, settings.OPENAI_BASE_URL)) is None
+    assert cache.get(cache_key) == UNDECIDED
+    assert 0 < cache._expire_info[cache.make_and_validate_key(cache_key)] - time.time() <= UNDECIDED_VERDICT_SECONDS
 
 
 def test_the_verdict_cache_never_holds_the_key(alice: Persona, fake_upstream: FakeUpstream, byok_key: str) -> None:
@@ -117,3 +125,48 @@ def test_a_free_mode_verdict_holds_only_for_the_upstream_it_was_checked_against(
 
     assert cache.get(verdict_cache_key(byok_key, fake_upstream.base_url)) is True
     assert cache.get(verdict_cache_key(byok_key, "http://127.0.0.1:8000/v1")) is None
+
+
+def test_free_mode_checks_a_callers_key_only_once_the_request_is_admitted(
+    alice: Persona, fake_upstream: FakeUpstream
+) -> None:
+    """A key limited to one request a minute, sending twenty with keys of its own choosing: the
+    refused ones cost upstream nothing (each used to cost a GET /models with the caller's key)."""
+    wait_for_a_fresh_minute()
+    ApiKey.objects.filter(pk=alice.api_key.pk).update(requests_per_minute=1)
+
+    statuses = [
+        chat(alice, api_key=f"{WRONG_KEY}{n:02d}", free_mode=True, session_id=f"s{n}").status_code for n in range(20)
+    ]
+
+    assert (statuses.count(200), statuses.count(429)) == (1, 19)
+    assert [(r.method, r.path) for r in fake_upstream.requests] == [("GET", "/v1/models"), ("POST", "/v1/chat/completions")]
+
+
+def test_free_mode_checks_a_callers_key_only_after_the_request_is_validated(
+    alice: Persona, fake_upstream: FakeUpstream
+) -> None:
+    response = chat(alice, api_key=WRONG_KEY, free_mode=True, max_tokens=10_000_000)
+
+    assert response.status_code == 400
+    assert fake_upstream.requests == []
+
+
+def test_free_mode_falling_back_on_the_servers_key_holds_the_key_to_its_credentials_models(
+    alice: Persona, fake_upstream: FakeUpstream
+) -> None:
+    """The caller's key may ask for any model; once free_mode falls back on the key's upstream
+    credential, that credential's model list applies, before any chat is sent."""
+    credential = upstream_credential_save(
+        credential=UpstreamCredential(name="team", base_url=fake_upstream.base_url, served_models=["gpt-4o-mini"]),
+        plaintext_key=UPSTREAM_TEST_KEY,
+    )
+    ApiKey.objects.filter(pk=alice.api_key.pk).update(upstream_credential=credential)
+    alice.api_key.refresh_from_db()
+
+    response = chat(alice, api_key=WRONG_KEY, free_mode=True, model="gpt-4o")
+
+    assert (response.status_code, response.json()["error_code"]) == (400, "model_not_available")
+    assert [(r.method, r.path) for r in fake_upstream.requests] == [("GET", "/v1/models")]
+    assert list(Message.objects.values_list("status", "error_code")) == [("failed", "model_not_available")]
+    assert UsageRecord.objects.count() == 0

@@ -144,3 +144,84 @@ def test_a_key_without_limits_costs_no_limit_or_price_query(alice: Persona, fake
     statements = [q["sql"] for q in queries.captured_queries]
     assert not [sql for sql in statements if "chat_limitcounter" in sql]
     assert len([sql for sql in statements if "chat_modelprice" in sql]) == 1  # the usage record's cost only
+
+
+@pytest.mark.parametrize("model", ["chatgpt-4o-latest", "GPT-4O", "llama3.1:8b"])
+def test_a_key_with_a_budget_may_not_use_a_model_without_a_price(
+    alice: Persona, fake_upstream: FakeUpstream, model: str
+) -> None:
+    """A model with no price would cost nothing and never be stopped: the budget fails closed."""
+    set_limits(alice, monthly_budget_usd=Decimal("0.01"))
+
+    response = chat(alice, model=model)
+
+    assert (response.status_code, response.json()["error_code"]) == (403, "model_not_priced")
+    assert response.json()["error_message"] == (
+        f"This API key has a monthly budget of $0.01, and the model {model} has no price, so its cost could not be "
+        "counted; use a model with a price, or ask the operator to price it."
+    )
+    assert fake_upstream.requests == []
+    assert (Message.objects.count(), UsageRecord.objects.count()) == (0, 0)
+
+
+def test_the_server_default_budget_fails_closed_too(alice: Persona, fake_upstream: FakeUpstream, settings) -> None:
+    settings.LIMIT_MONTHLY_BUDGET_USD = 5.0
+
+    assert chat(alice, model="my-local-model").json()["error_code"] == "model_not_priced"
+    assert chat(alice, model="gpt-4o-mini").status_code == 200
+
+
+def test_with_a_price_for_unpriced_models_a_budget_counts_them_at_that_price(
+    alice: Persona, fake_upstream: FakeUpstream, settings
+) -> None:
+    settings.UNPRICED_MODEL_INPUT_PER_MILLION = Decimal("1")
+    settings.UNPRICED_MODEL_OUTPUT_PER_MILLION = Decimal("2")
+    set_limits(alice, monthly_budget_usd=Decimal("0.01"))
+    fake_upstream.enqueue(Behaviour(usage=(1000, 500)))
+
+    assert chat(alice, model="my-local-model", max_tokens=100).status_code == 200
+
+    assert UsageRecord.objects.get().cost == Decimal("0.002") == used("monthly_budget")
+
+
+def test_a_call_upstream_reports_under_an_unpriced_name_costs_the_price_of_the_model_asked_for(
+    alice: Persona, fake_upstream: FakeUpstream
+) -> None:
+    """OpenAI answers gpt-4o-mini as gpt-4o-mini-2024-07-18 (priced by its prefix); a proxy may
+    answer it under a name of its own, with no price: the turn's model is priced instead of 0."""
+    set_limits(alice, monthly_budget_usd=Decimal("1"))
+    fake_upstream.enqueue(Behaviour(body={
+        "id": "x", "object": "chat.completion", "model": "my-proxy/mini",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hi"}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 1_000_000, "completion_tokens": 0, "total_tokens": 1_000_000},
+    }))
+
+    response = chat(alice, model="gpt-4o-mini")
+
+    assert response.status_code == 200
+    record = UsageRecord.objects.get()
+    assert (record.model, record.cost) == ("my-proxy/mini", Decimal("0.15"))  # gpt-4o-mini's $0.15 per million in
+    assert used("monthly_budget") == Decimal("0.15")
+
+
+def test_a_budget_keeps_its_precision(alice: Persona) -> None:
+    run_command("update_api_key", alice.api_key.key_id, "--monthly-budget", "0.001")
+
+    alice.api_key.refresh_from_db()
+    assert alice.api_key.monthly_budget_usd == Decimal("0.001")
+
+
+@pytest.mark.parametrize(("option", "value", "sentence"), [
+    ("--monthly-budget", "1e20", "monthly_budget_usd must be from 0 to 1000000000."),
+    ("--monthly-budget", "0.000000001", "monthly_budget_usd has at most 8 decimal places (a hundred-millionth of a dollar)."),
+    ("--tokens-per-day", "99999999999999999999", "tokens_per_day must be from 0 to 1000000000000000."),
+    ("--rpm", "99999999999", "requests_per_minute must be from 0 to 1000000."),
+])
+def test_a_limit_past_its_bound_is_one_clear_sentence(alice: Persona, option: str, value: str, sentence: str) -> None:
+    from django.core.management import CommandError
+
+    with pytest.raises(CommandError) as refused:
+        run_command("update_api_key", alice.api_key.key_id, option, value)
+
+    assert str(refused.value) == sentence
+    assert ApiKey.objects.get().monthly_budget_usd is None

@@ -1,0 +1,105 @@
+"""Sessions (conversations) and their messages."""
+
+from django.db import models
+from django.db.models import F, Q
+from django.utils import timezone
+
+from chat.models.keys import ApiKey
+
+
+class ChatSession(models.Model):
+    """One conversation of one client key. `public_id` is the id clients use, unique per key."""
+
+    api_key = models.ForeignKey(ApiKey, on_delete=models.CASCADE, related_name="sessions")
+    public_id = models.CharField(max_length=128)
+    title = models.CharField(max_length=200, blank=True)
+    # The persona (the original contract's `role`), sent as the first system message.
+    system_prompt = models.TextField(blank=True)
+    model = models.CharField(max_length=200)
+    # Pinned memory facts, sent as one "Memory:" system message on every turn.
+    memory_facts = models.JSONField(default=list, blank=True)
+    prompt_tokens_total = models.BigIntegerField(default=0)
+    completion_tokens_total = models.BigIntegerField(default=0)
+    # The turn lease (chat/sessions/lease.py). Set while a turn waits on upstream: a second turn on
+    # the session is refused with 409 until it is cleared. `turn_started_at` identifies the turn
+    # holding it (only that turn's end releases it); `turn_heartbeat_at` is renewed while the turn
+    # runs, so that a lease whose holder died is free within CHAT_TURN_LEASE_SECONDS.
+    turn_started_at = models.DateTimeField(null=True, blank=True)
+    turn_heartbeat_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            # Serves the lookup on every turn: (key, public id) -> session.
+            models.UniqueConstraint(fields=["api_key", "public_id"], name="chat_session_public_id_unique_per_key"),
+            models.CheckConstraint(
+                condition=Q(prompt_tokens_total__gte=0) & Q(completion_tokens_total__gte=0),
+                name="chat_session_token_totals_not_negative",
+            ),
+        ]
+        indexes = [
+            # GET /api/v1/sessions: one key's sessions, newest first.
+            models.Index(F("api_key"), F("created_at").desc(), F("id").desc(), name="chat_session_list_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return self.title or self.public_id
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens_total + self.completion_tokens_total
+
+
+
+class Message(models.Model):
+    """One message of a session, with what it cost when it was an upstream answer."""
+
+    class Role(models.TextChoices):
+        SYSTEM = "system"
+        USER = "user"
+        ASSISTANT = "assistant"
+
+    class Status(models.TextChoices):
+        # A user message whose turn is still waiting on upstream; never replayed.
+        PENDING = "pending"
+        COMPLETE = "complete"
+        # The turn failed: kept for the record, never replayed.
+        FAILED = "failed"
+        # An answer cut short (a stream that ended early); never replayed.
+        INCOMPLETE = "incomplete"
+
+    # No separate FK index: both composite indexes below start with the session.
+    session = models.ForeignKey(ChatSession, on_delete=models.CASCADE, related_name="messages", db_index=False)
+    role = models.CharField(max_length=16, choices=Role.choices)
+    content = models.TextField()
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.COMPLETE)
+    # The message's size in the prompt (content, role and per-message overhead) in `token_encoding`,
+    # counted once when stored so that building the prompt does not re-tokenize the history.
+    token_count = models.IntegerField(default=0)
+    token_encoding = models.CharField(max_length=32, blank=True)
+    # For an assistant message: the usage of the upstream call that produced it.
+    prompt_tokens = models.IntegerField(default=0)
+    completion_tokens = models.IntegerField(default=0)
+    model = models.CharField(max_length=200, blank=True)
+    latency_ms = models.IntegerField(null=True, blank=True)
+    error_code = models.CharField(max_length=64, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(token_count__gte=0) & Q(prompt_tokens__gte=0) & Q(completion_tokens__gte=0),
+                name="chat_message_tokens_not_negative",
+            ),
+        ]
+        indexes = [
+            # Every turn: the newest complete messages of one session, read newest first until the
+            # context budget is full.
+            models.Index(F("session"), F("status"), F("id").desc(), name="chat_message_history_idx"),
+            # GET /api/v1/sessions/{id}/messages: one session's messages, oldest first.
+            models.Index(fields=["session", "id"], name="chat_message_list_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.role} message {self.pk} ({self.status})"
