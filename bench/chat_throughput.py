@@ -235,6 +235,8 @@ async def bench(args: argparse.Namespace, workdir: Path) -> None:
         with MemoryWatch(slow_server.pid) as memory:
             many = await run_load(slow_target, clients=args.streams, requests=args.streams)
         line("completed / errors", f"{many.count} / {many.errors}")
+        line("answers by status (503: server_busy, with Retry-After)",
+             ", ".join(f"{count} x {status}" for status, count in many.statuses.most_common()))
         line("wall time; slowest stream", f"{many.elapsed:.2f} s; {many.p(100) / 1000:.2f} s")
         line("peak memory of the server's processes (target < 1 GiB)", f"{memory.peak / 2**20:.0f} MiB")
         for sample in many.error_samples:

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -138,6 +139,8 @@ class Result:
     first_data: list[float] = field(default_factory=list)
     errors: int = 0
     error_samples: list[str] = field(default_factory=list)
+    # Answers by HTTP status ("in stream": an error event in a 200 stream; "none": no answer).
+    statuses: Counter = field(default_factory=Counter)
     elapsed: float = 0.0
 
     @property
@@ -178,11 +181,13 @@ async def run_load(
                 outcome = await connection.request(target.path, target.make_body(number, sequence), target.headers)
             except Exception as exc:  # noqa: BLE001 - counted and shown, never hidden
                 result.errors += 1
+                result.statuses["none"] += 1
                 if len(result.error_samples) < 3:
                     result.error_samples.append(repr(exc))
                 continue
             finally:
                 sequence += 1
+            result.statuses["in stream" if b"event: error" in outcome.body else outcome.status] += 1
             if outcome.status != 200 or b"event: error" in outcome.body:
                 result.errors += 1
                 if len(result.error_samples) < 3:

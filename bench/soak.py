@@ -32,26 +32,35 @@ produced; throughput and latency; database connections (PostgreSQL's pg_stat_act
 server's database, sampled every 0.5 s) against the bound the server's own settings give
 (WEB_CONCURRENCY x the pool's max_size); the peak memory of the server's processes.
 
+Meanwhile it disrupts the server (bench/soak_disruptions.py; `--no-disruptions` turns it off): a
+third of the way in it kills one worker with SIGKILL, two thirds of the way in (PostgreSQL) it cuts
+the database for `--cut-seconds` (every connection terminated, new ones refused). After the run it
+waits for the sweep to close the turns the killed worker held (`--lease-seconds` each).
+
 Then checks, and exits with status 1 when one fails:
-1. no 5xx, and no error event in a stream, other than the server's upstream error codes;
-2. nothing else unexpected: no other 4xx, no answer cut off or unreadable, no client timeout;
+1. no 5xx, and no error event in a stream, other than the server's upstream error codes and
+   the two it answers while the database is away (`database_unavailable`, `server_busy`);
+2. nothing else unexpected: no other 4xx, no answer cut off or unreadable, no client timeout,
+   except the answers lost with the killed worker (their connections broke as it died);
 3. (PostgreSQL) the peak of database connections is within the bound;
-4. usage records: one per turn that reached upstream, as the clients saw it. A turn reached
-   upstream when the server answered it with a success, or with an upstream error code, before
-   or within a stream. Its record must say how it ended: outcome `success` for a success,
-   `failed` with that error code for an error answered before the stream started, `partial`
-   with that code for an error event after it started. So: the records counted by (outcome,
-   error code) equal the answers counted the same way; and (with no retries) the chat
-   completions the fake received equal the records;
+4. usage records, request by request (each record carries its request's X-Request-Id): a
+   readable answer has exactly the record it implies (outcome `success` for a success, `failed`
+   with the error code for an error answered before the stream started, `partial` with it for an
+   error event after, none for a refusal that never reached upstream); an answer lost with the
+   killed worker has none, one the sweep closed as `interrupted`, or one its turn closed before the
+   worker died; no record belongs to no request. And (with no retries) every chat completion the
+   fake received has its record, one call per record; a record of a call never sent (its worker
+   killed between writing the record and sending the call) must say `interrupted`, and is counted
+   apart;
 5. tokens: the prompt and completion tokens of the `success` records (none of them estimated)
    equal the sums of the `usage` the clients saw in those answers, and the sums the fake
-   reported in responses it sent in full; `failed` records carry 0 tokens. A `partial`
-   record's tokens are the server's own count of what was streamed before the cut
-   (usage_estimated): printed, not compared, since upstream never reported them;
+   reported for those calls; `failed` records carry 0 tokens. A `partial` record's tokens are the
+   server's own count of what was streamed before the cut (usage_estimated): printed, not
+   compared, since upstream never reported them;
 6. totals kept beside the records: the daily roll-ups (per key, and for all keys) add up to the
    records (requests and tokens), and the sessions' token totals to the records of their turns;
-7. messages: no question left pending; the questions of stored turns are complete, failed or
-   incomplete exactly as many times as those turns succeeded, failed or were cut short.
+7. messages: no question left pending, each stored question as its record says its turn ended;
+   no session left leased.
 
     .venv/bin/python -m bench.soak                                  # 200 clients, 120 s, 5% faults
     .venv/bin/python -m bench.soak --clients 20 --seconds 15 --database sqlite
@@ -91,6 +100,7 @@ from bench.harness import (
     start_server,
 )
 from bench.soak_clients import KINDS, Tally, run_client
+from bench.soak_disruptions import disrupt
 from bench.soak_report import (
     Checks,
     ConnectionWatch,
@@ -99,6 +109,7 @@ from bench.soak_report import (
     report_answers,
     report_resources,
     report_usage,
+    settle,
     tree_rss,
 )
 from tests.support.fake_upstream import FAULTS
@@ -131,6 +142,8 @@ async def soak(args: argparse.Namespace, workdir: Path) -> bool:
     env |= {
         "LLM_TIMEOUT_SECONDS": str(args.timeout),
         "LLM_MAX_RETRIES": str(args.max_retries),
+        # Short, so that the turns of the killed worker are closed within the run (default 20).
+        "CHAT_TURN_LEASE_SECONDS": str(args.lease_seconds),
         # No limit may refuse a turn: the key gets the server's defaults, set here to unlimited.
         "LIMIT_REQUESTS_PER_MINUTE": "0", "LIMIT_TOKENS_PER_DAY": "0", "LIMIT_MONTHLY_BUDGET_USD": "0",
     }
@@ -194,18 +207,29 @@ async def soak(args: argparse.Namespace, workdir: Path) -> bool:
 
         with MemoryWatch(server.pid) as memory, watch or nullcontext():
             reporter = asyncio.ensure_future(progress())
+            disruptions = asyncio.ensure_future(
+                disrupt(server_pid=server.pid, database_url=url, began=started, seconds=args.seconds,
+                        cut_seconds=args.cut_seconds)
+                if args.disrupt else asyncio.sleep(0, result=[])
+            )
             try:
                 await asyncio.gather(*(
                     run_client(n, targets=targets, run_id=run_id, seed=seed, deadline=started + args.seconds,
                                timeout=client_timeout, tally=tally)
                     for n in range(args.clients)
                 ))
+                done = await disruptions
             finally:
                 reporter.cancel()
+        for disruption in done:
+            line(f"at {disruption.began - started:.0f} s", disruption.name)
+        settled = await asyncio.to_thread(settle, url, args.lease_seconds)
+        line("turns of dead processes closed by the sweep after", f"{settled:.1f} s")
         run = Run(
             database=database, url=url, config=config, log_file=Path(env["LOG_FILE"]), answers=tally.answers,
             elapsed=time.perf_counter() - started, fake=fake_stats(fake_port, calls=True),
             connections=watch.samples if watch else [], memory=(rss_start, memory.peak, tree_rss(server.pid)),
+            disruptions=done,
         )
         checks = Checks()
         report_answers(run, checks)
@@ -231,6 +255,10 @@ def main() -> None:
     parser.add_argument("--latency-ms", type=float, default=100.0, help="the fake upstream's time per chat completion")
     parser.add_argument("--progress", type=float, default=10.0, help="seconds between progress lines")
     parser.add_argument("--keep-log", action="store_true", help="keep the server's log even when every check passed")
+    parser.add_argument("--no-disruptions", dest="disrupt", action="store_false",
+                        help="neither kill a worker nor cut the database mid-run (bench/soak_disruptions.py)")
+    parser.add_argument("--cut-seconds", type=float, default=3.0, help="how long the database is cut (PostgreSQL)")
+    parser.add_argument("--lease-seconds", type=float, default=6.0, help="the server's CHAT_TURN_LEASE_SECONDS")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="llmserver-soak-"))
     passed = False

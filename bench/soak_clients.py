@@ -1,6 +1,7 @@
 """The soak's clients (bench/soak.py): what each one sends, and what it read in each answer."""
 
 import asyncio
+import dataclasses
 import json
 import random
 import time
@@ -14,6 +15,9 @@ UPSTREAM_ERROR_CODES = frozenset({
     "upstream_error", "upstream_bad_response", "upstream_unavailable", "upstream_timeout",
     "upstream_interrupted", "upstream_rate_limited", "upstream_auth_failed", "upstream_rejected_request",
 })
+# What the server answers when its database is cut or it has more requests than it can take: 503s
+# that begin no turn (no usage record).
+REFUSED_BY_SERVER = frozenset({"database_unavailable", "server_busy"})
 # Each kind of request, and how often a client sends it.
 KINDS = {"api": 0.4, "api stream": 0.4, "v1": 0.1, "v1 stream": 0.1}
 # A failed or partial usage record's error code is the answer's; a success has none.
@@ -38,6 +42,8 @@ class Answer:
     record: tuple[str, str] | None = None
     usage: tuple[int, int] | None = None
     seconds: float = 0.0
+    # When the client had the answer (or gave up), as time.perf_counter() reads it.
+    ended: float = 0.0
 
     @property
     def label(self) -> str:
@@ -47,15 +53,17 @@ class Answer:
 
     @property
     def unmapped_server_error(self) -> bool:
-        """A 5xx, or an error event in a stream, without an upstream error code."""
-        return (self.status >= 500 or self.in_stream) and self.error_code not in UPSTREAM_ERROR_CODES
+        """A 5xx, or an error event in a stream, without an upstream error code (or the 503 of a
+        server refusing a request while its database is cut)."""
+        expected = UPSTREAM_ERROR_CODES | REFUSED_BY_SERVER
+        return (self.status >= 500 or self.in_stream) and self.error_code not in expected
 
     @property
     def unexpected(self) -> bool:
-        """Neither a success nor an upstream error."""
+        """Neither a success nor an upstream error nor the server refusing while cut off."""
         if self.status == 200:
             return self.record is None
-        return self.error_code not in UPSTREAM_ERROR_CODES
+        return self.error_code not in UPSTREAM_ERROR_CODES | REFUSED_BY_SERVER
 
 
 def _events(body: bytes) -> list[tuple[str, str]]:
@@ -165,6 +173,11 @@ async def run_client(
                 what = type(exc).__name__
             answer = Answer(kind=kind, request_id=request_id, stored=stored, status=0, error_code=what,
                             seconds=time.perf_counter() - started)
+        answer = dataclasses.replace(answer, ended=time.perf_counter())
+        if answer.status == 0:
+            # The connection broke (its worker killed, say): the session's lease stays with the
+            # lost turn until it runs out, so go on in a new session, as a client would.
+            sequence = (sequence // TURNS_PER_SESSION + 1) * TURNS_PER_SESSION
         tally.answers.append(answer)
         tally.recent += 1
     if connection is not None:

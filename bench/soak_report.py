@@ -16,10 +16,11 @@ import psutil
 
 from bench.harness import line
 from bench.soak_clients import FAILED, KINDS, PARTIAL, SUCCESS, Answer
+from bench.soak_disruptions import Disruption
 from tests.support.processes import POSTGRES_ADMIN_URL
 
 # What a turn's stored question becomes, by the outcome of its usage record (chat/turns/steps.py).
-QUESTION_STATUS = {SUCCESS: "complete", FAILED: "failed", PARTIAL: "incomplete"}
+QUESTION_STATUS = {SUCCESS: "complete", FAILED: "failed", PARTIAL: "incomplete", "interrupted": "failed"}
 
 
 class ConnectionWatch:
@@ -79,6 +80,18 @@ def query(url: str, sql: str) -> list[tuple]:
     return [tuple(int(v) if isinstance(v, Decimal) else v for v in row) for row in rows]
 
 
+def settle(url: str, lease_seconds: float) -> float:
+    """Wait until no usage record is in flight (the sweep has closed the turns of the killed worker,
+    which takes a lease period and up to half another), at most three lease periods. Returns the
+    seconds waited."""
+    started = time.monotonic()
+    while query(url, "SELECT COUNT(*) FROM chat_usagerecord WHERE outcome = 'in_flight'")[0][0]:
+        if time.monotonic() - started > 3 * lease_seconds:
+            break
+        time.sleep(0.5)
+    return time.monotonic() - started
+
+
 def log_lines(log_file: Path, request_id: str, limit: int = 6) -> list[str]:
     if not log_file.exists():
         return []
@@ -126,6 +139,13 @@ class Run:
     fake: dict[str, Any]  # the fake upstream's GET /stats?calls=1
     connections: list[int]  # samples of the server's database connections (PostgreSQL)
     memory: tuple[int, int, int]  # RSS of the server's processes: at start, peak, at end
+    disruptions: list[Disruption] = field(default_factory=list)
+
+    @property
+    def lost(self) -> list[Answer]:
+        """The answers lost with a killed worker: its connections broke as it died."""
+        kills = [d.began for d in self.disruptions if "killed" in d.name]
+        return [a for a in self.answers if a.status == 0 and any(0 <= a.ended - kill < 2 for kill in kills)]
 
 
 def report_answers(run: Run, checks: Checks) -> None:
@@ -163,7 +183,8 @@ def report_answers(run: Run, checks: Checks) -> None:
                f"{len(unmapped)} of {server_errors}" if unmapped else
                f"{server_errors} 5xx or error events, all with an upstream error code")
     show_evidence(unmapped, run.log_file, "5xx without an upstream error code")
-    others = [a for a in answers if a.unexpected and not a.unmapped_server_error]
+    lost = set(map(id, run.lost))
+    others = [a for a in answers if a.unexpected and not a.unmapped_server_error and id(a) not in lost]
     checks.add("nothing else unexpected (other 4xx, unreadable answers, client timeouts)", not others,
                ", ".join(f"{label}: {count}" for label, count in Counter(a.label for a in others).items()) or "none")
     show_evidence(others, run.log_file, "unexpected answers")
@@ -206,38 +227,65 @@ def report_usage(run: Run, checks: Checks) -> None:
               f"{prompt:>10}{completion:>12}{estimated:>11}")
     total = recorded.total()
     line("usage records / turns that reached upstream (clients)", f"{total} / {expected.total()}")
-    unreadable = sum(a.status == 0 or a.status == 200 and a.record is None for a in answers)
-    checks.add("one usage record per turn, with its outcome and error code", recorded == expected,
-               f"{total} records, {expected.total()} turns"
-               + (f"; {unreadable} answers unreadable, their records unpredictable" if unreadable else ""))
+
+    # Request by request (each record carries its request's X-Request-Id): a readable answer has
+    # exactly the record it implies; one lost with a killed worker has none, or one the sweep
+    # closed as interrupted; and no record belongs to no request.
+    by_request = {request_id: (outcome, code) for request_id, outcome, code in query(
+        url, "SELECT request_id, outcome, error_code FROM chat_usagerecord")}
+    lost = set(map(id, run.lost))
+    wrong = [a for a in answers if id(a) not in lost and by_request.get(a.request_id) != a.record]
+    strays = set(by_request) - {a.request_id for a in answers}
+    # (A turn whose answer was lost may have no record, an interrupted one, or any other: its worker
+    # may have died before the call, during it, or after its end was written.)
+    checks.add("one usage record per turn, with its outcome and error code (request by request)",
+               not wrong and not strays,
+               f"{len(wrong)} answers with another record than their own, {len(strays)} records of no request; "
+               f"{len(run.lost)} answers lost with the killed worker: "
+               + ", ".join(f"{record or 'no record'}: {count}" for record, count in
+                           Counter(by_request.get(a.request_id) for a in run.lost).most_common()))
+    show_evidence(wrong, run.log_file, "answers whose usage record is not the one they imply")
+
+    # Usage records = upstream calls: every record's request reached the fake, once (no retries),
+    # and every call has its record. A turn whose worker was killed between writing its record
+    # and sending its call has a record of a call never made: reported, and counted apart.
+    called = Counter(call["request_id"] for call in fake["calls"])
+    never_called = [rid for rid, record in by_request.items() if rid not in called]
+    unrecorded = [rid for rid in called if rid not in by_request]
     line("chat completions the fake received / records", f"{fake['chat_completions']} / {total}")
+    line("records of calls never sent (their worker killed in between)", str(len(never_called)))
+    honest_never_called = all(by_request[rid] == ("interrupted", "interrupted") for rid in never_called)
     if run.config["max_retries"]:
-        checks.add("the fake received at least one call per record", fake["chat_completions"] >= total,
-                   f"{fake['chat_completions']} calls, {total} records")
+        checks.add("every call has its record", not unrecorded and honest_never_called,
+                   f"{len(unrecorded)} calls without a record")
     else:
-        checks.add("the fake received one call per record", fake["chat_completions"] == total,
-                   f"{fake['chat_completions']} calls, {total} records")
-    if fake["chat_completions"] != total:
-        calls_by_request = Counter(call["request_id"] for call in fake["calls"])
-        show_evidence([a for a in answers if a.record is not None and a.request_id not in calls_by_request],
-                      run.log_file, "turns with a usage record that the fake never received")
-        show_evidence([a for a in answers if calls_by_request[a.request_id] > 1],
-                      run.log_file, "turns the fake received more than once")
+        checks.add("usage records = upstream calls (one call per record)",
+                   not unrecorded and honest_never_called and all(count == 1 for count in called.values())
+                   and fake["chat_completions"] == total - len(never_called),
+                   f"{fake['chat_completions']} calls, {total} records, of which {len(never_called)} of calls never "
+                   "sent")
 
     _, prompt, completion, estimated = records.get((SUCCESS, ""), (0, 0, 0, 0))
     successes = [a for a in answers if a.record == (SUCCESS, "") and a.usage]
     seen = (sum(a.usage[0] for a in successes), sum(a.usage[1] for a in successes))
-    reported = (fake["prompt_tokens"], fake["completion_tokens"])
-    line("success tokens (prompt + completion): records", f"{prompt} + {completion} = {prompt + completion}")
-    line("success tokens: as the clients saw them", f"{seen[0]} + {seen[1]} = {sum(seen)}")
-    line("success tokens: as the fake reported them",
-         f"{reported[0]} + {reported[1]} = {sum(reported)}, in {fake['usage_reported']} responses")
-    checks.add("success tokens: records == clients == fake",
-               (prompt, completion) == seen == reported and estimated == 0
-               and fake["usage_reported"] == recorded[(SUCCESS, "")],
-               f"{estimated} success records estimated; the fake reported usage {fake['usage_reported']} times, "
-               f"for {recorded[(SUCCESS, '')]} success records")
     fake_usage = {c["request_id"]: tuple(c["usage"]) for c in fake["calls"] if c["usage"] is not None}
+    # What the fake reported for the calls recorded as successes (a call whose answer was lost with
+    # the killed worker may have been answered in full, and is recorded as interrupted).
+    recorded_successes = [rid for rid, record in by_request.items() if record == (SUCCESS, "")]
+    reported = tuple(sum(fake_usage.get(rid, (0, 0))[i] for rid in recorded_successes) for i in (0, 1))
+    lost_successes = [a for a in run.lost if by_request.get(a.request_id) == (SUCCESS, "")]
+    seen_or_lost = (seen[0] + sum(fake_usage.get(a.request_id, (0, 0))[0] for a in lost_successes),
+                    seen[1] + sum(fake_usage.get(a.request_id, (0, 0))[1] for a in lost_successes))
+    line("success tokens (prompt + completion): records", f"{prompt} + {completion} = {prompt + completion}")
+    line("success tokens: as the clients saw them", f"{seen[0]} + {seen[1]} = {sum(seen)}"
+         + (f" (and {len(lost_successes)} answers lost with the worker)" if lost_successes else ""))
+    line("success tokens: as the fake reported them for those calls",
+         f"{reported[0]} + {reported[1]} = {sum(reported)}, in {fake['usage_reported']} responses in all")
+    checks.add("success tokens: records == clients == fake",
+               (prompt, completion) == seen_or_lost == reported and estimated == 0
+               and all(rid in fake_usage for rid in recorded_successes),
+               f"{estimated} success records estimated; {len(recorded_successes)} success records, "
+               f"{sum(rid in fake_usage for rid in recorded_successes)} with usage reported by the fake")
     show_evidence([a for a in successes if a.usage != fake_usage.get(a.request_id)], run.log_file,
                   "successes whose usage differs from what the fake reported for them")
     failed_tokens = sum(p + c for (outcome, _), (_n, p, c, _e) in records.items() if outcome == FAILED)
@@ -263,8 +311,12 @@ def report_usage(run: Run, checks: Checks) -> None:
 
     questions = Counter({status: count for status, count in query(
         url, "SELECT status, COUNT(*) FROM chat_message WHERE role = 'user' GROUP BY status")})
-    expected_questions = Counter(QUESTION_STATUS[a.record[0]] for a in answers if a.stored and a.record)
-    line("questions stored, by status (clients' turns)",
+    # Each stored question as its record says its turn ended (the record names its question).
+    expected_questions = Counter(QUESTION_STATUS[outcome] for outcome, in query(
+        url, "SELECT outcome FROM chat_usagerecord WHERE user_message_id IS NOT NULL"))
+    line("questions stored, by status (as their records say)",
          ", ".join(f"{status} {questions[status]} ({expected_questions[status]})"
                    for status in sorted(set(questions) | set(expected_questions))))
     checks.add("no question left pending; each stored as its turn ended", questions == expected_questions)
+    leased = query(url, "SELECT COUNT(*) FROM chat_chatsession WHERE turn_started_at IS NOT NULL")[0][0]
+    checks.add("no session left leased (by a turn, dead or alive)", leased == 0, f"{leased} leased")
