@@ -9,6 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 from django.core.cache import cache
+from django.utils import translation
 
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.personas import (
@@ -38,9 +39,11 @@ def isolated_from_the_machine(settings: pytest.FixtureRequest) -> None:
 
 @pytest.fixture(autouse=True)
 def fresh_state(isolated_from_the_machine: None) -> None:
-    """Each test starts with no recorded responses and an empty cache."""
+    """Each test starts with no recorded responses, an empty cache and the default language (a
+    request with `Accept-Language: ko` leaves Korean active in its thread after it ends)."""
     recorded_responses.clear()
     cache.clear()
+    translation.deactivate()
 
 
 @pytest.fixture(autouse=True)
