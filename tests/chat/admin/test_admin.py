@@ -141,13 +141,13 @@ def test_limits_are_editable_in_the_admin(alice: Persona, operator) -> None:
     response = operator.post(f"/admin/chat/apikey/{alice.api_key.pk}/change/", {
         "name": "alice's app", "scopes": ["chat"], "allowed_models": "", "upstream_credential": "", "owner": "",
         "expires_at_0": "", "expires_at_1": "", "requests_per_minute": "30", "tokens_per_day": "",
-        "monthly_budget_usd": "12.50", "events-TOTAL_FORMS": "1", "events-INITIAL_FORMS": "1",
+        "monthly_budget_usd": "12.505", "events-TOTAL_FORMS": "1", "events-INITIAL_FORMS": "1",
         "events-0-id": alice.api_key.events.get().pk, "events-0-api_key": alice.api_key.pk,
     })
 
     assert response.status_code == 302
     api_key = ApiKey.objects.get()
-    assert (api_key.requests_per_minute, api_key.tokens_per_day, api_key.monthly_budget_usd) == (30, None, Decimal("12.5"))
+    assert (api_key.requests_per_minute, api_key.tokens_per_day, api_key.monthly_budget_usd) == (30, None, Decimal("12.505"))
     assert alice.api_key.events.last().note == "monthly_budget_usd, requests_per_minute"
 
 

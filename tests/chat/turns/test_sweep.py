@@ -15,6 +15,7 @@ from chat.providers import Completion
 from chat.turns.end import chat_turn_complete, chat_turn_renew
 from chat.turns.steps import ChatTurnInput, StatelessTurnInput, chat_turn_begin, stateless_turn_begin
 from chat.turns.sweep import turns_interrupted_close
+from chat.usage.services import usage_interrupt
 from tests.support.personas import Persona, run_command
 
 LEASE = 20
@@ -139,3 +140,20 @@ def test_the_command_closes_dead_turns_now(alice: Persona) -> None:
     assert run_command("close_interrupted_turns") == [f"Closed 1 interrupted turn(s) (no heartbeat for {LEASE} s)."]
     assert UsageRecord.objects.get().outcome == "interrupted"
     call_command("close_interrupted_turns")  # nothing left: says 0
+
+
+def test_two_sweeps_of_the_same_dead_turn_count_it_once(alice: Persona) -> None:
+    """Two processes (or instances) sweeping at once both read the dead record; the second to
+    close it finds it closed, and adds nothing to the totals."""
+    begin(alice)
+    age(LEASE + 1)
+    read_by_the_other_sweep = UsageRecord.objects.get()
+
+    assert turns_interrupted_close() == 1
+    now = timezone.now()
+    assert not usage_interrupt(record=read_by_the_other_sweep, now=now, dead_before=now - timedelta(seconds=LEASE))
+
+    record = UsageRecord.objects.get()
+    assert UsageDaily.objects.get().requests == 1
+    assert UsageDaily.objects.get().total_tokens == record.total_tokens
+    assert ChatSession.objects.get().prompt_tokens_total == record.prompt_tokens
