@@ -23,12 +23,15 @@ class RequestIdFilter(logging.Filter):
         return True
 
 
-# Control characters, and the line and paragraph separators some log readers also break lines on.
-_LINE_FORGING = re.compile("[\x00-\x1f\x7f\u2028\u2029]")
+# Control characters (C0 and C1: U+0085 is a line break to Python's splitlines), and the line and
+# paragraph separators some log readers also break lines on.
+_LINE_FORGING = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 def _escaped(character: re.Match[str]) -> str:
-    return {"\n": "\\n", "\r": "\\r", "\t": "\\t"}.get(character[0], f"\\x{ord(character[0]):02x}")
+    code = ord(character[0])
+    named = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}.get(character[0])
+    return named or (f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}")
 
 
 class TextFormatter(logging.Formatter):

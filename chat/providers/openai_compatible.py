@@ -285,9 +285,10 @@ class OpenAICompatibleProvider:
             raise (UpstreamInterrupted() if parts else UpstreamUnavailable()) from exc
         except httpx2.HTTPError as exc:
             raise UpstreamBadResponse() from exc
+        if finish_reason is None and not parts:
+            # Nothing said, not even how it ended ([DONE] alone, or no event at all).
+            raise UpstreamBadResponse(NOT_A_STREAM)
         if finish_reason is None and not stream.done:
-            if not parts:
-                raise UpstreamBadResponse(NOT_A_STREAM)
             # It stopped before its end: what arrived is kept, marked incomplete, never as whole.
             raise UpstreamInterrupted()
         yield _with_usage(request, text="".join(parts), model=model, usage=usage, finish_reason=finish_reason)

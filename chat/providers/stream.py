@@ -16,7 +16,7 @@ from typing import Any
 import openai
 from django.utils.translation import gettext_lazy as _
 
-from chat.exceptions import UpstreamBadResponse
+from chat.exceptions import UpstreamBadResponse, UpstreamError
 
 NOT_A_STREAM = _("The model provider answered a streamed request with something that is not a stream.")
 UNREADABLE_CHUNK = _("The model provider sent a part of its streamed answer that could not be read.")
@@ -45,6 +45,10 @@ class RawChunks(openai.AsyncStream[dict[str, Any]]):
                 raise UpstreamBadResponse(UNREADABLE_CHUNK) from None
             if not isinstance(data, dict):
                 raise UpstreamBadResponse(UNREADABLE_CHUNK)
+            if "error" in data:
+                # An error reported mid-stream (vLLM, LiteLLM: `{"error": {...}}`), often followed by
+                # [DONE]: the answer is not whole. Its text stays out (it may quote a key).
+                raise UpstreamError(details={"upstream_error": "in the stream"})
             yield data
 
 

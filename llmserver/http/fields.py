@@ -10,7 +10,10 @@ from rest_framework import serializers
 
 # For names that end up in logs, metrics and upstream requests (a model's): no control characters.
 printable_validator = RegexValidator(
-    r"^[^\x00-\x1f\x7f]*\Z", _("Must not contain control characters (such as a line break)."), code="not_printable"
+    # C0 and C1 control characters, and the line and paragraph separators.
+    r"^[^\x00-\x1f\x7f-\x9f\u2028\u2029]*\Z",
+    _("Must not contain control characters (such as a line break)."),
+    code="not_printable",
 )
 
 

@@ -88,7 +88,7 @@ def test_a_value_from_a_request_cannot_forge_a_log_line() -> None:
     streams = {handler.name: handler.setStream(written[handler.name]) for handler in configured}
     try:
         logging.getLogger("chat.turns").warning(
-            "chat failed session=%s", "s1\n2026-01-01 00:00:00,000 - chat.turns - INFO - [-] forged\x1b[2J"
+            "chat failed session=%s", "s1\n2026-01-01 00:00:00,000 - chat.turns - INFO - [-] forged\x1b[2J\x85\u2028"
         )
     finally:
         for handler in configured:
@@ -98,7 +98,7 @@ def test_a_value_from_a_request_cannot_forge_a_log_line() -> None:
         lines = buffer.getvalue().splitlines()
         assert len(lines) == 1, (name, lines)
         assert lines[0].endswith("chat failed session=s1\\n2026-01-01 00:00:00,000 - chat.turns - INFO - [-] forged"
-                                  "\\x1b[2J"), (name, lines)
+                                  "\\x1b[2J\\x85\\u2028"), (name, lines)
 
 
 def test_the_json_log_format_is_one_object_a_line() -> None:

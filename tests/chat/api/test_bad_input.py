@@ -231,9 +231,12 @@ def test_a_usage_period_at_the_beginning_of_the_calendar_is_a_400_or_an_answer_n
         assert response.json()["details"] == {"from": ["'to' is too early for the default period; send 'from' as well."]}
 
 
+@pytest.mark.parametrize("line_break", ["\n", "\x85", "\u2028"])
 @pytest.mark.parametrize("path", ["/api/v1/chat", "/api/v1/sessions"])
-def test_a_model_name_with_a_line_break_is_refused_so_that_it_cannot_forge_a_log_line(alice: Persona, path: str) -> None:
-    body = {"user_message": "Hi", "model": "gpt-4o\n2026-01-01 00:00:00,000 - chat.turns - INFO - [-] forged"}
+def test_a_model_name_with_a_line_break_is_refused_so_that_it_cannot_forge_a_log_line(
+    alice: Persona, path: str, line_break: str
+) -> None:
+    body = {"user_message": "Hi", "model": f"gpt-4o{line_break}2026-01-01 00:00:00,000 - chat.turns - INFO - [-] forged"}
 
     response = post_json(alice, path, body)
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from asgiref.sync import async_to_sync
 
-from chat.exceptions import UpstreamBadResponse, UpstreamInterrupted, UpstreamTimeout
+from chat.exceptions import UpstreamBadResponse, UpstreamError, UpstreamInterrupted, UpstreamTimeout
 from chat.providers import Completion, CompletionRequest, StreamDelta
 from chat.providers.openai_compatible import OpenAICompatibleProvider
 from tests.support.fake_upstream import Behaviour, FakeUpstream
@@ -69,6 +69,25 @@ def test_an_empty_stream_is_a_bad_response(fake_upstream: FakeUpstream) -> None:
     received, error = stream(fake_upstream, Behaviour(events=()))
 
     assert received == [] and isinstance(error, UpstreamBadResponse)
+
+
+def test_a_stream_of_done_alone_is_a_bad_response_not_an_empty_answer(fake_upstream: FakeUpstream) -> None:
+    received, error = stream(fake_upstream, Behaviour(events=("[DONE]",)))
+
+    assert received == [] and isinstance(error, UpstreamBadResponse)
+
+
+@pytest.mark.parametrize("before", [(), (chunk("partial answer"),)], ids=["at once", "after some text"])
+def test_an_error_reported_mid_stream_is_an_upstream_error_not_a_whole_answer(
+    fake_upstream: FakeUpstream, before: tuple
+) -> None:
+    """vLLM's shape of an error in a stream (out of memory, say), followed by [DONE]."""
+    events = (*before, {"error": {"message": "CUDA out of memory", "code": 500}}, "[DONE]")
+
+    received, error = stream(fake_upstream, Behaviour(events=events))
+
+    assert [piece.text for piece in received] == [c["choices"][0]["delta"]["content"] for c in before]
+    assert type(error) is UpstreamError and "CUDA" not in str(error)
 
 
 def test_chunks_without_choices_with_a_null_delta_or_content_in_parts_are_read(fake_upstream: FakeUpstream) -> None:
