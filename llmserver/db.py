@@ -3,6 +3,7 @@ each call (for the hot paths that measured it), deleting in batches, and running
 thread from the event loop, in its turn, with its connection handed back at once."""
 
 import asyncio
+import collections
 import functools
 import weakref
 from collections.abc import Awaitable, Callable
@@ -20,7 +21,7 @@ from llmserver.http.errors import ApiError, DatabaseUnavailable, ServerBusy
 T = TypeVar("T")
 PRUNE_BATCH_SIZE = 5000
 # One gate per event loop (under uvicorn, one loop per worker process).
-_gates: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore]" = weakref.WeakKeyDictionary()
+_gates: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Gate]" = weakref.WeakKeyDictionary()
 
 
 def quote(name: str) -> str:
@@ -74,11 +75,48 @@ def delete_in_batches(queryset: QuerySet) -> int:
         deleted += queryset.model.objects.filter(pk__in=batch).delete()[0]
 
 
-def _gate() -> asyncio.Semaphore:
+class Gate:
+    """A semaphore with two queues: `urgent` waiters (the steps of turns already under way: their
+    heartbeats and their ends) go before the others (new requests). Under a burst, a turn whose
+    upstream has answered must be able to write its answer and free its session, and a turn still
+    waiting must renew its lease, however many new requests queue behind the pool: behind them,
+    an answer already paid for was thrown away (503 after the queue's timeout) and a live turn
+    lost its lease to a second turn on its session."""
+
+    def __init__(self, size: int) -> None:
+        self._free = size
+        self._urgent: collections.deque[asyncio.Future] = collections.deque()
+        self._others: collections.deque[asyncio.Future] = collections.deque()
+
+    async def acquire(self, *, urgent: bool) -> None:
+        if self._free > 0 and not self._urgent and not self._others:
+            self._free -= 1
+            return
+        place = asyncio.get_running_loop().create_future()
+        (self._urgent if urgent else self._others).append(place)
+        try:
+            await place
+        except BaseException:
+            if place.done() and not place.cancelled():
+                # Handed the place just as the waiter was cancelled: hand it on.
+                self.release()
+            raise
+
+    def release(self) -> None:
+        for queue in (self._urgent, self._others):
+            while queue:
+                place = queue.popleft()
+                if not place.done():
+                    place.set_result(None)
+                    return
+        self._free += 1
+
+
+def _gate() -> Gate:
     loop = asyncio.get_running_loop()
     gate = _gates.get(loop)
     if gate is None:
-        gate = _gates[loop] = asyncio.Semaphore(settings.DATABASE_CONCURRENT_STEPS)
+        gate = _gates[loop] = Gate(settings.DATABASE_CONCURRENT_STEPS)
     return gate
 
 
@@ -95,7 +133,10 @@ async def run_in_thread(function: Callable[..., T], *args: Any, **kwargs: Any) -
     Handed back: a turn holds no connection while it waits on upstream, which may take minutes.
     Without this, every turn in flight kept one, and a pool of 10 stalled the 11th concurrent
     stream until the pool's timeout."""
+    return await _in_turn(function, args, kwargs, urgent=False)
 
+
+async def _in_turn(function: Callable[..., T], args: tuple, kwargs: dict[str, Any], *, urgent: bool) -> T:
     def run() -> T:
         try:
             return function(*args, **kwargs)
@@ -105,23 +146,27 @@ async def run_in_thread(function: Callable[..., T], *args: Any, **kwargs: Any) -
                 db.connection.close()
 
     gate = _gate()
-    try:
-        async with asyncio.timeout(settings.DATABASE_QUEUE_TIMEOUT_SECONDS):
-            await gate.acquire()
-    except TimeoutError:
-        raise ServerBusy() from None
+    if urgent:
+        # No time limit: the step of a turn under way is not refused; it goes first instead.
+        await gate.acquire(urgent=True)
+    else:
+        try:
+            async with asyncio.timeout(settings.DATABASE_QUEUE_TIMEOUT_SECONDS):
+                await gate.acquire(urgent=False)
+        except TimeoutError:
+            raise ServerBusy() from None
     try:
         return await sync_to_async(run)()
     finally:
         gate.release()
 
 
-def in_thread(step: Callable[..., T]) -> Callable[..., Awaitable[T]]:
-    """`step`, taking keyword arguments, as a coroutine function that runs it with
-    `run_in_thread`."""
+def in_thread(step: Callable[..., T], *, urgent: bool = False) -> Callable[..., Awaitable[T]]:
+    """`step`, taking keyword arguments, as a coroutine function that runs it in its turn at the
+    database (`run_in_thread`); `urgent` for the steps of a turn under way (see Gate)."""
 
     async def call(**kwargs: Any) -> T:
-        return await run_in_thread(step, **kwargs)
+        return await _in_turn(step, (), kwargs, urgent=urgent)
 
     return call
 

@@ -6,7 +6,9 @@ not asked twice, nothing is billed twice. In detail:
 - the same key with the same body replays the stored response (status and body), marked with
   `Idempotent-Replayed: true`; with a different body it is refused (422);
 - requests with a key that is still being answered wait for its response (10 at once make one
-  turn), up to the turn lease; a worker that died mid-turn holds the key no longer than that;
+  turn), up to the longest a turn can take (sessions/lease.py's longest_turn: 270 s with the
+  defaults); a worker that died mid-turn holds the key no longer than that (not the shorter
+  heartbeat lease: the key is not renewed while its turn runs);
 - a response is stored once the model answered: its answer, or its failure (as Stripe stores its
   500s). A request refused before that (validation, limits, a busy session), one upstream never
   took up (unreachable, rate limited, a rejected key: asking again later is the point), or one cut
@@ -150,14 +152,14 @@ async def idempotency_begin(*, api_key: ApiKey, key: str, body_hash: str) -> Cla
 
 async def idempotency_end(*, claim: Claim | None, response: StoredResponse | None) -> None:
     """Store the response, or release the key when there is none to store (nothing to do without a
-    claim). Shielded: a client that goes away now must not leave the key locked until the lease
-    runs out."""
+    claim). Shielded: a client that goes away now must not leave the key locked until
+    `locked_until` (the longest a turn can take)."""
     if claim is None:
         return
     if response is None:
-        step = in_thread(idempotency_release)(claim=claim)
+        step = in_thread(idempotency_release, urgent=True)(claim=claim)
     else:
-        step = in_thread(idempotency_store)(claim=claim, status=response.status, body=response.body)
+        step = in_thread(idempotency_store, urgent=True)(claim=claim, status=response.status, body=response.body)
     await asyncio.shield(step)
 
 

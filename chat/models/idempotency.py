@@ -12,7 +12,8 @@ class IdempotentRequest(models.Model):
 
     While the first request runs, `locked_until` is set and `response_status` is empty; requests
     with the same key wait for the response. A worker that crashed mid-turn leaves the row locked
-    only until the turn lease runs out; then the next request with the key runs it again.
+    until `locked_until`, the longest a turn can take (270 s with the defaults; the key has no
+    heartbeat of its own); then the next request with the key runs it again.
     """
 
     api_key = models.ForeignKey(ApiKey, on_delete=models.CASCADE, related_name="+", db_index=False)

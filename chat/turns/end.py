@@ -117,11 +117,21 @@ def chat_turn_fail(
     never replayed); no answer is invented; the call is recorded as failed (or as `outcome`), with
     the tokens of `completion` when upstream did answer (and storing the answer is what failed),
     else none."""
+    if completion is None and outcome == UsageRecord.Outcome.INTERRUPTED:
+        # Cut off by the server's shutdown while upstream worked: the prompt was sent, so it is
+        # counted (by our count), as the sweep counts a turn whose process died.
+        completion = Completion(
+            text="", model=turn.model, prompt_tokens=turn.prompt.prompt_tokens, completion_tokens=0,
+            usage_estimated=True, finish_reason=None,
+        )
     with transaction.atomic():
         session_exists = False
         if not turn.stateless:
+            # The session's totals hold its calls' tokens: those of `completion`, when there is one.
             session_exists = sql.session_end_turn(
-                session_pk=turn.session_pk, lease_started_at=turn.lease_started_at, now=timezone.now()
+                session_pk=turn.session_pk, lease_started_at=turn.lease_started_at, now=timezone.now(),
+                prompt_tokens=completion.prompt_tokens if completion else 0,
+                completion_tokens=completion.completion_tokens if completion else 0,
             )
             sql.message_set_status(message_id=turn.user_message_id, status=Message.Status.FAILED, error_code=error_code)
         if not _close_usage(turn=turn, completion=completion, latency_ms=latency_ms, outcome=outcome,

@@ -105,7 +105,7 @@ async def _with_retries(step: Callable[..., Any], **kwargs: Any) -> Any:
     """`step` in a thread, tried again while the database fails (DATABASE_RETRY_WAITS)."""
     for wait in (*DATABASE_RETRY_WAITS, None):
         try:
-            return await in_thread(step)(**kwargs)
+            return await in_thread(step, urgent=True)(**kwargs)
         except (db.OperationalError, db.InterfaceError) as exc:
             if wait is None:
                 raise
@@ -168,7 +168,9 @@ async def _begin(
         await _ending_step(end.chat_turn_discard, turn=prepared, error_code=_error_code_of(exc))
         raise
     try:
-        confirmed = await upstream_confirm(upstream)
+        # free_mode's check is an upstream call of its own: the turn's lease is renewed meanwhile.
+        async with _kept_alive(prepared):
+            confirmed = await upstream_confirm(upstream)
         if confirmed.key_source != prepared.key_source:
             # free_mode fell back on the server's key: the key's model rules for it apply.
             model_check(api_key=api_key, model=prepared.model, key_source=confirmed.key_source)
@@ -195,7 +197,9 @@ async def _kept_alive(prepared: PreparedTurn, written: list[str] | None = None) 
         while True:
             await asyncio.sleep(heartbeat_interval_seconds())
             try:
-                held = await in_thread(end.chat_turn_renew)(turn=prepared, text_so_far="".join(written or ()))
+                held = await in_thread(end.chat_turn_renew, urgent=True)(
+                    turn=prepared, text_so_far="".join(written or ())
+                )
             except Exception as exc:  # noqa: BLE001 - the turn goes on; the next renewal may work
                 logger.warning("chat lease not renewed session=%s: %s", prepared.session_id or "-", exc)
                 continue

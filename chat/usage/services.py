@@ -112,7 +112,9 @@ def usage_close(
         limits.settle(api_key_id=record.api_key_id, reservations=reservations, tokens=closed.total_tokens, cost=cost)
         return UsageClosing(counted=True)
     previous = UsageRecord.objects.select_for_update().filter(pk=record.pk).first()
-    if previous is None or previous.outcome != UsageRecord.Outcome.INTERRUPTED:
+    # Only the sweep's own closing is corrected (error code `interrupted`): one this turn wrote
+    # itself (`server_shutdown`, say), in an attempt acknowledged too late, is this turn's end.
+    if previous is None or (previous.outcome, previous.error_code) != (UsageRecord.Outcome.INTERRUPTED, INTERRUPTED):
         return UsageClosing(counted=False)
     UsageRecord.objects.filter(pk=record.pk).update(**values)
     _roll_ups_add(previous, sign=-1)

@@ -109,6 +109,14 @@ def test_a_restart_with_turns_in_flight_closes_them_and_frees_their_sessions(
     assert accounts(restarted, upstream) == {
         "calls": 8, "records": [("interrupted", "server_shutdown", 4), ("success", "", 4)], "pending": 0,
     }
+    # Their prompts were sent: counted (by the server's count) in the records and the sessions' totals.
+    key = f"(SELECT id FROM chat_apikey WHERE key_id = '{restarted.api_key.split('_')[1]}')"
+    cut = restarted.rows(f"SELECT prompt_tokens, usage_estimated FROM chat_usagerecord WHERE api_key_id = {key} "
+                         "AND error_code = 'server_shutdown'")
+    assert len(cut) == 4 and all(prompt > 0 and estimated for prompt, estimated in cut)
+    assert restarted.rows(
+        f"SELECT sum(prompt_tokens) FROM chat_usagerecord WHERE api_key_id = {key}"
+    ) == restarted.rows(f"SELECT sum(prompt_tokens_total) FROM chat_chatsession WHERE api_key_id = {key}")
 
 
 def test_a_crash_with_turns_in_flight_frees_their_sessions_and_the_sweep_closes_them(

@@ -12,7 +12,7 @@ import pytest
 from asgiref.sync import ThreadSensitiveContext
 from django.db import InterfaceError, OperationalError
 
-from llmserver.db import run_in_thread, unavailable
+from llmserver.db import in_thread, run_in_thread, unavailable
 from llmserver.http.errors import DatabaseUnavailable, ServerBusy
 
 
@@ -75,3 +75,34 @@ def test_a_database_failure_is_a_503_not_a_500(error: Exception, expected: type)
     assert type(answer) is expected
     if answer is not None:
         assert answer.status_code == 503 and answer.retry_after == 1
+
+
+def test_the_steps_of_turns_under_way_go_first_and_are_never_refused(settings: Any) -> None:
+    """Under a burst, a turn whose upstream answered must write its answer (and a live turn renew
+    its lease) ahead of the new requests queued for the database, however long they wait."""
+    settings.DATABASE_CONCURRENT_STEPS = 1
+    settings.DATABASE_QUEUE_TIMEOUT_SECONDS = 0.3
+    order: list[str] = []
+
+    def step(name: str, seconds: float) -> str:
+        time.sleep(seconds)
+        order.append(name)
+        return name
+
+    async def request(call: Any) -> Any:
+        async with ThreadSensitiveContext():
+            return await call
+
+    async def main() -> list[Any]:
+        first = asyncio.ensure_future(request(run_in_thread(step, "holding", 0.5)))
+        await asyncio.sleep(0.05)
+        new = [asyncio.ensure_future(request(run_in_thread(step, f"new {n}", 0))) for n in range(3)]
+        await asyncio.sleep(0.05)
+        end = asyncio.ensure_future(request(in_thread(step, urgent=True)(name="end of a turn", seconds=0)))
+        return await asyncio.gather(first, *new, end, return_exceptions=True)
+
+    results = asyncio.run(main())
+
+    assert order == ["holding", "end of a turn"]
+    assert results[-1] == "end of a turn"
+    assert [type(result) for result in results[1:4]] == [ServerBusy] * 3

@@ -133,6 +133,22 @@ def test_an_end_step_run_twice_counts_once(alice: Persona) -> None:
     assert UsageDaily.objects.get().requests == 1
 
 
+def test_an_end_at_shutdown_run_twice_counts_once_too(alice: Persona) -> None:
+    """The end of a stream cut by the server's shutdown closes its record as interrupted itself:
+    run again, it must not take its own record for one the sweep closed, and correct it."""
+    prepared = begin(alice)
+    partial = Completion(text="Hel", model="gpt-4o-mini", prompt_tokens=9, completion_tokens=1,
+                         usage_estimated=True, finish_reason=None)
+    for _ in range(2):
+        chat_turn_complete(turn=prepared, completion=partial, latency_ms=10, cut_short_by="server_shutdown",
+                           outcome="interrupted")
+
+    assert Message.objects.filter(role="assistant").count() == 1
+    assert UsageRecord.objects.get().error_code == "server_shutdown"
+    assert ChatSession.objects.get().prompt_tokens_total == 9
+    assert UsageDaily.objects.get().requests == 1
+
+
 def test_the_command_closes_dead_turns_now(alice: Persona) -> None:
     begin(alice)
     age(LEASE + 1)
