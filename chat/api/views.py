@@ -45,7 +45,7 @@ from chat.upstreams.choice import upstream_choose
 from chat.usage import selectors as usage_selectors
 from llmserver.http.handlers import api_exception_handler
 from llmserver.http.pagination import ApiPagination
-from llmserver.http.sse import EventStreamRenderer, event_stream_response, sse_event
+from llmserver.http.sse import EventStreamRenderer, event_stream_response, json_unless_streaming, sse_event
 from llmserver.http.views import AsyncApiView
 
 
@@ -98,6 +98,7 @@ class ChatView(AsyncApiView):
         },
     )
     async def post(self, request: Request) -> HttpResponseBase:
+        json_unless_streaming(request)
         idempotency_key = idempotency.idempotency_key_from(request.headers)
         serializer = ChatRequestSerializer(
             data=request.data, context={"upstream_key_header": request.headers.get(UPSTREAM_KEY_HEADER, "")}

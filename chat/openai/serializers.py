@@ -57,7 +57,11 @@ class MessageField(serializers.Field):
         if not isinstance(content, str):
             self.fail("content")
         if len(content) > settings.CHAT_MAX_MESSAGE_CHARS:
-            self.fail("long", limit=settings.CHAT_MAX_MESSAGE_CHARS)
+            # Not self.fail(): it fills placeholders with str.format, and this sentence's (as its
+            # translation's) is %-style.
+            raise serializers.ValidationError(
+                self.error_messages["long"] % {"limit": settings.CHAT_MAX_MESSAGE_CHARS}, code="long"
+            )
         return {"role": "system" if role in SYSTEM_ROLES else role, "content": content}
 
     def to_representation(self, value: Any) -> Any:

@@ -31,7 +31,7 @@ from chat.upstreams.choice import upstream_choose
 from chat.upstreams.selectors import models_usable_by
 from llmserver.http.errors import InvalidInput
 from llmserver.http.handlers import openai_exception_handler
-from llmserver.http.sse import EventStreamRenderer, event_stream_response
+from llmserver.http.sse import EventStreamRenderer, event_stream_response, json_unless_streaming
 from llmserver.http.views import AsyncApiView
 
 SESSION_HEADER = "X-Session-Id"
@@ -124,6 +124,7 @@ class ChatCompletionsView(OpenAIView):
         },
     )
     async def post(self, request: Request) -> HttpResponseBase:
+        json_unless_streaming(request)
         serializer = ChatCompletionRequestSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data

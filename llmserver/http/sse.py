@@ -5,7 +5,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from django.http import StreamingHttpResponse
-from rest_framework.renderers import BaseRenderer
+from rest_framework.renderers import BaseRenderer, JSONRenderer
+from rest_framework.request import Request
 
 CONTENT_TYPE = "text/event-stream"
 
@@ -45,3 +46,15 @@ class EventStreamRenderer(BaseRenderer):
         response = (renderer_context or {}).get("response")
         failed = response is not None and response.status_code >= 400
         return sse_event(data, event="error" if failed else "done")
+
+
+def json_unless_streaming(request: Request) -> None:
+    """Answer `request` in JSON, whatever its Accept header, unless its body asks for a stream
+    (`"stream": true`): the event-stream renderer is there for streaming clients, and a client
+    that asked for one answer (a library sending `Accept: text/event-stream` on every call, say)
+    must get JSON, not one SSE event. Called before the body is validated, so that its errors
+    come in JSON too."""
+    # (An unreadable body raises its parse error here, as reading it in the view would.)
+    streaming = isinstance(request.data, dict) and request.data.get("stream") is True
+    if not streaming and isinstance(getattr(request, "accepted_renderer", None), EventStreamRenderer):
+        request.accepted_renderer, request.accepted_media_type = JSONRenderer(), JSONRenderer.media_type

@@ -451,3 +451,10 @@ def test_odd_model_names_and_usage_from_upstream_are_not_trusted(alice: Persona,
     assert first["prompt_tokens"] > 0 and first["completion_tokens"] == 2  # our own count of "Fine."
     assert UsageRecord.objects.order_by("id").first().usage_estimated is True
     assert second["model"] == "m" * 200
+
+
+def test_a_client_accepting_event_streams_that_asks_for_one_answer_gets_json(alice: Persona) -> None:
+    response = alice.client.post(CHAT_URL, {"user_message": "Hi"}, format="json", HTTP_ACCEPT="text/event-stream")
+
+    assert (response.status_code, response["Content-Type"]) == (200, "application/json")
+    assert response.json()["success"] is True

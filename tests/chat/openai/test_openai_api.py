@@ -254,3 +254,34 @@ def test_an_error_before_the_stream_goes_to_an_event_stream_client_as_an_error_e
 
     assert response.status_code == 400
     assert response.content.decode().startswith("event: error\ndata: {\"error\":")
+
+
+def test_a_client_accepting_event_streams_that_asks_for_one_answer_gets_json(alice: Persona) -> None:
+    """Some libraries send `Accept: text/event-stream` on every call: `stream: false` is one JSON answer."""
+    for body in ({"model": "offline", "messages": [{"role": "user", "content": "Hi"}]},
+                 {"model": "offline", "messages": [{"role": "user", "content": "Hi"}], "stream": False}):
+        response = alice.client.post(COMPLETIONS_URL, body, format="json", HTTP_ACCEPT="text/event-stream")
+
+        assert (response.status_code, response["Content-Type"]) == (200, "application/json")
+        assert response.json()["object"] == "chat.completion"
+
+
+def test_a_refusal_of_a_request_for_one_answer_is_json_too(alice: Persona) -> None:
+    response = alice.client.post(COMPLETIONS_URL, {"model": "offline", "messages": []}, format="json",
+                                 HTTP_ACCEPT="text/event-stream")
+
+    assert (response.status_code, response["Content-Type"]) == (400, "application/json")
+    assert response.json()["error"]["code"] == "validation_error"
+
+
+def test_a_message_too_long_is_refused_with_the_limit_filled_in(alice: Persona, settings: Any) -> None:
+    settings.CHAT_MAX_MESSAGE_CHARS = 10
+    body = {"model": "offline", "messages": [{"role": "user", "content": "x" * 11}]}
+
+    english = alice.client.post(COMPLETIONS_URL, body, format="json")
+    korean = alice.client.post(COMPLETIONS_URL, body, format="json", HTTP_ACCEPT_LANGUAGE="ko")
+
+    assert english.status_code == 400
+    assert english.json()["error"]["details"]["messages"] == {"0": ["A message may have at most 10 characters."]}
+    assert "10" in korean.json()["error"]["details"]["messages"]["0"][0]
+    assert "%(limit)d" not in korean.json()["error"]["details"]["messages"]["0"][0]
