@@ -50,6 +50,14 @@ def _insert_statement(model: type[Model]) -> tuple[str, tuple[Field, ...]]:
     return sql, fields
 
 
+def changed(statement: str, params: list[Any]) -> bool:
+    """Run a written-out UPDATE; True when it matched a row (the conditional writes of a turn,
+    whose WHERE says whether the row is still in the state the caller expects)."""
+    with connection.cursor() as cursor:
+        cursor.execute(statement, params)
+        return cursor.rowcount > 0
+
+
 def insert(instance: Model) -> None:
     """INSERT a new `instance` and set its primary key: what `instance.save()` does for a new
     row, without its signals (nothing here listens to them). The values are prepared by the

@@ -85,12 +85,10 @@ def session_end_turn(
     """Release the lease taken at `lease_started_at` (only that one: a lease taken since by
     another turn stays) and add the turn's tokens to the session's totals, in one UPDATE that
     also locks the row for the rest of the transaction. False when the session is gone."""
-    with connection.cursor() as cursor:
-        lease = db.timestamp(lease_started_at)
-        cursor.execute(
-            _end_turn_statement(), [lease, lease, db.timestamp(now), prompt_tokens, completion_tokens, session_pk]
-        )
-        return cursor.rowcount > 0
+    lease = db.timestamp(lease_started_at)
+    return db.changed(
+        _end_turn_statement(), [lease, lease, db.timestamp(now), prompt_tokens, completion_tokens, session_pk]
+    )
 
 
 @functools.cache
@@ -105,8 +103,7 @@ def _add_tokens_statement() -> str:
 
 def session_add_tokens(*, session_pk: int, prompt_tokens: int, completion_tokens: int) -> None:
     """Move the session's token totals by these (negative to take tokens back)."""
-    with connection.cursor() as cursor:
-        cursor.execute(_add_tokens_statement(), [prompt_tokens, completion_tokens, session_pk])
+    db.changed(_add_tokens_statement(), [prompt_tokens, completion_tokens, session_pk])
 
 
 @functools.cache
@@ -120,9 +117,7 @@ def _renew_statement() -> str:
 def session_renew_lease(*, session_pk: int, lease_started_at: datetime, now: datetime) -> bool:
     """Renew the lease taken at `lease_started_at`. False when it is no longer this turn's (taken
     for dead and given to another turn) or the session is gone."""
-    with connection.cursor() as cursor:
-        cursor.execute(_renew_statement(), [db.timestamp(now), session_pk, db.timestamp(lease_started_at)])
-        return cursor.rowcount > 0
+    return db.changed(_renew_statement(), [db.timestamp(now), session_pk, db.timestamp(lease_started_at)])
 
 
 @functools.cache
@@ -134,8 +129,7 @@ def _status_statement() -> str:
 
 
 def message_set_status(*, message_id: int, status: str, error_code: str = "") -> None:
-    with connection.cursor() as cursor:
-        cursor.execute(_status_statement(), [status, error_code, message_id])
+    db.changed(_status_statement(), [status, error_code, message_id])
 
 
 @functools.cache
