@@ -110,8 +110,8 @@ class UpstreamError(ApiError):
     error_code = "upstream_error"
     default_message = _("The model provider returned an error; the message was kept and can be retried.")
     # False where the model never took the request up (unreachable, rate limiting, a rejected
-    # key): asking again later, with the same Idempotency-Key, is then the point, so no response
-    # is kept under the key (chat/api/idempotency.py).
+    # key, a rejected request): asking again later, with the same Idempotency-Key, is then the
+    # point, so no response is kept under the key (chat/api/idempotency.py).
     model_answered = True
 
 
@@ -133,10 +133,28 @@ class UpstreamCredentialUnreadable(ApiError):
 
 
 class UpstreamRejectedRequest(UpstreamError):
+    """Upstream refused the request itself (an unknown model, a parameter it does not support): a
+    4xx other than 401, 403 and 429 (chat/providers/rejection.py). The client gets the same status,
+    which its SDK does not ask again, where a 502 was asked again and recorded three times; under
+    /v1/ it also gets upstream's own message, code and param (`openai_fields`)."""
+
+    status_code = status.HTTP_400_BAD_REQUEST
     error_code = "upstream_rejected_request"
     default_message = _(
         "The model provider rejected the request (for example an unknown model or an invalid parameter)."
     )
+    # Refused before anything was written or billed: the same request may be sent again, with
+    # the same Idempotency-Key, and succeed once what upstream refused is fixed (a model deployed).
+    model_answered = False
+
+    def __init__(
+        self, message: Any = None, *, status_code: int | None = None, openai_fields: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(message, **kwargs)
+        if status_code is not None:
+            self.status_code = status_code
+        self.openai_fields = openai_fields
 
 
 class UpstreamBadResponse(UpstreamError):
@@ -167,3 +185,16 @@ class UpstreamTimeout(UpstreamError):
     status_code = status.HTTP_504_GATEWAY_TIMEOUT
     error_code = "upstream_timeout"
     default_message = _("The model provider did not answer in time; try again later.")
+
+
+class ImageNotFound(ApiError):
+    status_code = status.HTTP_404_NOT_FOUND
+    error_code = "image_not_found"
+    default_message = _("No image with this hash was sent with your API key.")
+
+
+class ToolResultsMismatch(ApiError):
+    """Tool results that do not answer the session's last tool calls exactly."""
+
+    error_code = "tool_results_mismatch"
+    default_message = _("The tool results do not answer the tool calls of the session's last answer.")

@@ -9,6 +9,20 @@ download cache (``TIKTOKEN_CACHE_DIR``) is never read or written.
 Only ``cl100k_base`` (gpt-4, gpt-3.5-turbo) and ``o200k_base`` (gpt-4o, o1 and later) are
 shipped; every model name resolves to one of them (see ``encoding_name_for_model``).
 
+Beyond plain text, ``count_prompt_tokens`` counts content parts, images, tool calls and tools by OpenAI's
+published rules. Where an upstream's own count will differ:
+
+- Non-OpenAI upstreams (llama3, offline) have their own tokenizers: all their counts are estimates.
+- Tools: the cookbook's ``num_tokens_for_tools`` (checked by OpenAI for gpt-3.5-turbo, gpt-4, gpt-4o and
+  gpt-4o-mini). Nested schemas count as JSON text, longer than the TypeScript-like types OpenAI renders.
+  ``tool_choice`` is not counted (a few tokens at most).
+- Tool calls and results: their framing is undocumented. A call costs its name, arguments and
+  ``TOKENS_PER_TOOL_CALL``; ``tool_call_id`` counts as text, as the cookbook counts every value.
+- Images: the vision guide's tile method, even for models on its 32-px patch method (gpt-4.1-mini/nano,
+  gpt-5-mini/nano, o4-mini), which it counts low (1024x1024: 765 against 1024 patches). ``"auto"`` detail
+  counts as high, the most it costs. http(s) images are never fetched: of unknown size, they count as a
+  high-detail ``UNKNOWN_IMAGE_SIZE``. Audio and file parts are not counted.
+
 This module must not import Django: it is used from plain scripts and unit tests.
 """
 
@@ -18,24 +32,20 @@ import base64
 import functools
 import gzip
 import hashlib
-from collections.abc import Mapping
+import io
+import json
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import tiktoken
 import tiktoken.model
 
 __all__ = [
-    "FALLBACK_ENCODING",
-    "REPLY_PRIMING_TOKENS",
-    "TOKENS_PER_MESSAGE",
-    "TOKENS_PER_NAME",
-    "count_message_tokens",
-    "count_prompt_tokens",
-    "count_text_tokens",
-    "encoding_name_for_model",
-    "get_encoding",
+    "FALLBACK_ENCODING", "REPLY_PRIMING_TOKENS", "TOKENS_PER_MESSAGE", "TOKENS_PER_NAME", "TOKENS_PER_TOOL_CALL",
+    "UNKNOWN_IMAGE_SIZE", "count_message_tokens", "count_openai_message_tokens", "count_prompt_tokens",
+    "count_text_tokens", "count_tools_tokens", "encoding_name_for_model", "get_encoding", "image_tokens",
     "is_exact_for_model",
 ]
 
@@ -48,6 +58,8 @@ _DATA_DIR: Final = Path(__file__).resolve().parent / "tokenizer_data"
 TOKENS_PER_MESSAGE: Final = 3  # every message is framed as <|start|>{role/name}\n{content}<|end|>\n
 TOKENS_PER_NAME: Final = 1  # a message's optional "name" costs one token on top of its text
 REPLY_PRIMING_TOKENS: Final = 3  # every reply is primed with <|start|>assistant<|message|>
+# OpenAI does not document a tool call's framing; it is taken to cost what a message's does.
+TOKENS_PER_TOOL_CALL: Final = 3
 
 # Used for models tiktoken does not know (local models such as llama3, our "offline"
 # provider): the encoding of current OpenAI models, so such counts are estimates.
@@ -243,19 +255,185 @@ def count_message_tokens(
     return _message_tokens(_encoding_for_model(model), role, content, name)
 
 
-def count_prompt_tokens(messages: list[dict[str, str]], *, model: str) -> int:
-    """Return the prompt tokens of a chat completion request with ``messages``.
+def count_prompt_tokens(messages: Iterable[Mapping[str, Any]], *, model: str, tools: list[dict] | None = None) -> int:
+    """Return the prompt tokens of a chat completion request with ``messages`` and ``tools``.
 
-    Each message needs ``"role"`` and ``"content"`` (KeyError otherwise) and may have
-    ``"name"``; other keys are not counted. The result is the sum of
-    ``count_message_tokens`` over the messages plus ``REPLY_PRIMING_TOKENS``. The
-    cookbook found this equal to the API's reported prompt_tokens for gpt-3.5-turbo,
-    gpt-4, gpt-4o and gpt-4o-mini; tools and images add tokens not counted here.
+    ``count_openai_message_tokens`` of each message, plus ``REPLY_PRIMING_TOKENS``, plus ``count_tools_tokens``.
+    For text messages the cookbook found this equal to the API's prompt_tokens for gpt-3.5-turbo, gpt-4,
+    gpt-4o and gpt-4o-mini; the module docstring says what else is an estimate.
     """
     encoding = _encoding_for_model(model)
     total = REPLY_PRIMING_TOKENS
     for message in messages:
-        total += _message_tokens(
-            encoding, message["role"], message["content"], message.get("name")
-        )
+        # A plain {"role", "content": text} inline: nearly every message is one, and must cost what it did.
+        if len(message) == 2 and type(content := message.get("content")) is str:
+            total += _message_tokens(encoding, message["role"], content, None)
+        else:
+            total += _openai_message_tokens(encoding, message, model)
+    return total + count_tools_tokens(tools, model=model) if tools else total
+
+
+def count_openai_message_tokens(message: Mapping[str, Any], *, model: str) -> int:
+    """Return the tokens one OpenAI chat message dict adds to a prompt, without the reply priming.
+
+    ``role`` is required (KeyError). ``content``: a string (then this equals ``count_message_tokens``), None,
+    absent, or a list of ``text``/``refusal`` parts (text) and ``image_url`` parts (``image_tokens``: a data
+    URL's size read from its header; an unreadable one or an http(s) URL at the unknown size); other parts
+    count nothing, other content raises TypeError. A tool call adds its name, arguments and
+    ``TOKENS_PER_TOOL_CALL``; ``tool_call_id`` is text.
+    """
+    return _openai_message_tokens(_encoding_for_model(model), message, model)
+
+
+def _openai_message_tokens(encoding: tiktoken.Encoding, message: Mapping[str, Any], model: str) -> int:
+    content = message.get("content")
+    if isinstance(content, str):
+        tokens = _message_tokens(encoding, message["role"], content, message.get("name"))
+    else:
+        tokens = _message_tokens(encoding, message["role"], "", message.get("name"))
+        tokens += _content_parts_tokens(encoding, content, model)
+    for call in message.get("tool_calls") or ():
+        function = call.get("function") or {}
+        tokens += TOKENS_PER_TOOL_CALL + _count(encoding, function.get("name"))
+        tokens += _count(encoding, function.get("arguments"))
+    if tool_call_id := message.get("tool_call_id"):
+        tokens += _count(encoding, tool_call_id)
+    return tokens
+
+
+def _count(encoding: tiktoken.Encoding, text: str | None) -> int:
+    return len(encoding.encode_ordinary(text)) if text else 0
+
+
+def _content_parts_tokens(encoding: tiktoken.Encoding, content: object, model: str) -> int:
+    if content is not None and not isinstance(content, list):
+        raise TypeError(f"message content must be a string, None or a list of parts, not {type(content).__name__}")
+    tokens = 0
+    for part in content or ():
+        kind = part.get("type")
+        if kind == "text" or kind == "refusal":
+            tokens += _count(encoding, part.get(kind))
+        elif kind == "image_url":
+            image = part.get("image_url") or {}
+            tokens += _image_part_tokens(image.get("url") or "", image.get("detail") or "auto", model)
+    return tokens
+
+
+def _image_part_tokens(url: str, detail: str, model: str) -> int:
+    width = height = None
+    if detail != "low" and url[:5].lower() == "data:":  # low detail costs the same at any size
+        width, height = _data_url_image_size(url)
+    return image_tokens(width=width, height=height, detail=detail, model=model)
+
+
+def _data_url_image_size(url: str) -> tuple[int, int] | tuple[None, None]:
+    """The size in a data URL image's header, or (None, None) when it cannot be read.
+
+    chat.images checks images, strictly; this module may not import it (they share rank 0), and counting
+    only needs a size: an image that cannot be read counts at the unknown size, for upstream to refuse.
+    """
+    from PIL import Image  # here: only images need Pillow, so importing this module costs what it did
+
+    payload = url.partition(",")[2]
+    # The header is nearly always within the first 48 KiB: decoding only those spares decoding megabytes
+    # on every count. Cut at a multiple of 4 characters, the prefix is valid base64; where it holds too
+    # little of the image (a JPEG's large metadata), Pillow fails on it, and the whole image is decoded.
+    attempts = (payload[:_HEADER_BASE64_CHARS], payload) if len(payload) > _HEADER_BASE64_CHARS else (payload,)
+    for base64_text in attempts:
+        try:
+            data = base64.b64decode(base64_text, validate=True)
+            with Image.open(io.BytesIO(data), formats=("PNG", "JPEG", "GIF", "WEBP")) as image:
+                return image.size
+        # DecompressionBombWarning is raised only where warnings are errors (the tests); else it is a warning.
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning):
+            pass
+    return None, None
+
+
+# The cookbook's num_tokens_for_tools costs (func_init: each function, prop_init: a function with properties,
+# prop_key: each property, enum_init: a property with an enum, enum_item: each value, func_end: once), given
+# for gpt-4o and gpt-4o-mini (o200k_base), gpt-3.5-turbo and gpt-4 (cl100k_base). Keyed by encoding, so
+# that other models get those of the models whose vocabulary they share.
+_TOOL_COSTS: Final = {"o200k_base": (7, 3, 3, -3, 3, 12), "cl100k_base": (10, 3, 3, -3, 3, 12)}
+# What the rule reads of a function's parameters (titles and the required list cost nothing) and of a
+# property's schema; any other keyword (nested properties, items, anyOf, ...) counts as its JSON text.
+_PARAMETERS_KEYS_BY_RULE: Final = frozenset({"type", "properties", "required", "additionalProperties", "title"})
+_PROPERTY_KEYS_BY_RULE: Final = frozenset({"type", "description", "enum", "title"})
+
+
+def count_tools_tokens(tools: list[dict], *, model: str) -> int:
+    """Return the tokens that a chat completion request's ``tools`` add to its prompt (0 for none).
+
+    The cookbook's rule for function tools: each function's name and description (less a final period),
+    each property's name, type, description and enum values, plus fixed costs. Nested schemas, and tools
+    that are not functions, count as their JSON text.
+    """
+    if not tools:
+        return 0
+    encoding_name = _resolve(model)[0]
+    func_init, prop_init, prop_key, enum_init, enum_item, func_end = _TOOL_COSTS[encoding_name]
+    encoding = get_encoding(encoding_name)
+    total = func_end
+    for tool in tools:
+        function = tool.get("function")
+        if tool.get("type") != "function" or not isinstance(function, Mapping):
+            total += func_init + _count(encoding, _text(tool))
+            continue
+        description = (function.get("description") or "").removesuffix(".")
+        total += func_init + _count(encoding, f"{function.get('name') or ''}:{description}")
+        parameters = function.get("parameters") or {}
+        total += _extra_keys_tokens(encoding, parameters, _PARAMETERS_KEYS_BY_RULE)
+        properties = parameters.get("properties") or {}
+        total += prop_init if properties else 0
+        for key, schema in properties.items():
+            total += prop_key + _extra_keys_tokens(encoding, schema, _PROPERTY_KEYS_BY_RULE)
+            if isinstance(enum := schema.get("enum"), list):
+                total += enum_init + sum(enum_item + _count(encoding, _text(value)) for value in enum)
+            kind = schema.get("type") or ""
+            kind = " | ".join(map(str, kind)) if isinstance(kind, list) else kind  # ["string", "null"]
+            description = (schema.get("description") or "").removesuffix(".")
+            total += _count(encoding, f"{key}:{kind}:{description}")
     return total
+
+
+def _extra_keys_tokens(encoding: tiktoken.Encoding, schema: Mapping[str, Any], by_rule: frozenset[str]) -> int:
+    extra = {key: value for key, value in schema.items() if key not in by_rule}
+    return _count(encoding, _text(extra)) if extra else 0
+
+
+def _text(value: object) -> str:  # a string as it is, anything else (from a parsed request) as compact JSON
+    return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+# Image tokens by model prefix, the longest that matches: (base tokens, tokens per 512-px tile), from
+# OpenAI's vision guide ("Calculating costs", tile method); other models get gpt-4o's. gpt-4o-mini's are
+# that high because its tokens are priced that much lower; they do count in its prompt.
+_IMAGE_COSTS: Final[Mapping[str, tuple[int, int]]] = {
+    "gpt-5": (70, 140), "gpt-4.5": (85, 170), "gpt-4.1": (85, 170), "gpt-4o": (85, 170),
+    "gpt-4o-mini": (2833, 5667), "o1": (75, 150), "o3": (75, 150), "computer-use-preview": (65, 129),
+}
+UNKNOWN_IMAGE_SIZE: Final = (1024, 1024)  # (width, height) counted for an image whose size we cannot know
+_HEADER_BASE64_CHARS: Final = 64 * 1024  # 48 KiB of image
+
+
+def image_tokens(*, width: int | None, height: int | None, detail: str, model: str) -> int:
+    """Return the tokens of one image in a prompt for ``model``, by OpenAI's tile method.
+
+    ``"low"`` detail costs the model's base tokens at any size. Any other (``"high"``, ``"auto"``) counts
+    as high: the image is fitted within 2048x2048, then scaled down (never up) until its shortest side is
+    768 px, and each 512-px tile costs the tile tokens on top of the base. A None side means the size is
+    unknown: ``UNKNOWN_IMAGE_SIZE``. ValueError for a side below 1.
+    """
+    matches = [prefix for prefix in _IMAGE_COSTS if model.startswith(prefix)]
+    base, per_tile = _IMAGE_COSTS[max(matches, key=len) if matches else "gpt-4o"]
+    if detail == "low":
+        return base
+    if width is None or height is None:
+        width, height = UNKNOWN_IMAGE_SIZE
+    if width < 1 or height < 1:
+        raise ValueError(f"image size {width}x{height} is not positive")
+    # Whole pixels, rounded down as a resized image's are: with floats, 1536.0000001 px would take one more tile.
+    for limit, side in ((2048, max), (768, min)):
+        if (length := side(width, height)) > limit:
+            width, height = max(1, width * limit // length), max(1, height * limit // length)
+    return base + per_tile * -(-width // 512) * -(-height // 512)

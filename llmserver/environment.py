@@ -5,6 +5,7 @@ import math
 import os
 from decimal import Decimal, InvalidOperation
 from typing import Any
+from urllib.parse import urlsplit
 
 import environ
 from django.core.exceptions import ImproperlyConfigured
@@ -58,3 +59,17 @@ def tokens_by_model_prefix(name: str) -> dict[str, int]:
         raise ImproperlyConfigured(
             f"{name} must be model=tokens pairs separated by semicolons, for example `llama3=8192;qwen2.5=32768`."
         ) from None
+
+
+def origins(name: str) -> list[str]:
+    """The variable `name` as comma-separated web origins (scheme://host[:port]). A browser sends
+    its origin without a path, so an entry with one would never match: it stops start-up instead."""
+    values = env.list(name, default=[])
+    for value in values:
+        parts = urlsplit(value)
+        if not (parts.scheme and parts.netloc) or parts.path or parts.query or parts.fragment:
+            raise ImproperlyConfigured(
+                f"{name} holds {value!r}, which is not an origin: give each as scheme://host[:port], "
+                "for example https://app.example.com, with no path."
+            )
+    return values

@@ -14,7 +14,7 @@ from cryptography.fernet import Fernet
 from django.core.exceptions import ImproperlyConfigured
 from django.utils.translation import gettext_lazy as _
 
-from llmserver.environment import number, price, tokens_by_model_prefix
+from llmserver.environment import number, origins, price, tokens_by_model_prefix
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -95,6 +95,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
+    "corsheaders",
     "drf_spectacular",
     "drf_spectacular_sidecar",
     # The project package is an app too, so that its management commands (`serve`) are found.
@@ -110,6 +111,8 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "llmserver.http.request_id.RequestIdMiddleware",
     "monitoring.metrics.RequestMetricsMiddleware",
+    # Before anything that may answer: preflights are answered here, and every answer gets its CORS headers.
+    "corsheaders.middleware.CorsMiddleware",
     "llmserver.http.middleware.SecurityMiddleware",
     "llmserver.http.middleware.SessionMiddleware",
     "llmserver.http.middleware.LocaleMiddleware",
@@ -145,6 +148,21 @@ CSRF_COOKIE_SECURE = IS_PRODUCTION
 # (a proxy's), for example https://llm.example.com.
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 X_FRAME_OPTIONS = "DENY"
+
+# --- CORS -----------------------------------------------------------------------------------
+# Browser apps call /api/ and /v1/ with their key in a header, never a cookie: any origin may
+# (CORS_ALLOWED_ORIGINS narrows it), never with credentials. The admin answers no other origin.
+CORS_URLS_REGEX = r"^/(api|v1)/"
+CORS_ALLOWED_ORIGINS = origins("CORS_ALLOWED_ORIGINS")
+CORS_ALLOW_ALL_ORIGINS = not CORS_ALLOWED_ORIGINS
+CORS_ALLOW_CREDENTIALS = False
+# What clients send (OpenAI's SDKs add their x-stainless-* headers), and what a page may read.
+CORS_ALLOW_HEADERS = ["accept", "accept-language", "authorization", "content-type", "idempotency-key",
+                      "openai-beta", "openai-organization", "openai-project", "x-request-id", "x-session-id",
+                      "x-upstream-api-key", *(f"x-stainless-{name}" for name in (
+                          "arch", "async", "helper-method", "lang", "os", "package-version", "raw-response",
+                          "read-timeout", "retry-count", "runtime", "runtime-version", "stream-helper", "timeout"))]
+CORS_EXPOSE_HEADERS = ["X-Request-Id", "X-Session-Id", "X-Message-Id", "Retry-After", "Idempotent-Replayed"]
 
 TEMPLATES = [
     {
@@ -263,12 +281,16 @@ STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
 
 # --- Request limits -------------------------------------------------------------------------
-# Bodies above this size get 413 before they are read (llmserver/http/body_limit.py).
-MAX_REQUEST_BYTES = number("MAX_REQUEST_BYTES", 1024 * 1024, minimum=1)
+# Bodies above this size get 413 before they are read (llmserver/http/body_limit.py). Room for one
+# image at CHAT_MAX_IMAGE_BYTES in base64 (a third larger) and the rest of a request.
+MAX_REQUEST_BYTES = number("MAX_REQUEST_BYTES", 8 * 1024 * 1024, minimum=1)
 DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_REQUEST_BYTES
 CHAT_MAX_MESSAGE_CHARS = number("CHAT_MAX_MESSAGE_CHARS", 100_000, minimum=1)
 CHAT_MAX_MEMORY_FACTS = number("CHAT_MAX_MEMORY_FACTS", 100, minimum=0)
 CHAT_MAX_HISTORY_IMPORT = number("CHAT_MAX_HISTORY_IMPORT", 500, minimum=0)
+# One image of a message (a data URL's decoded bytes); stored once per key however often it is sent.
+CHAT_MAX_IMAGE_BYTES = number("CHAT_MAX_IMAGE_BYTES", 5 * 1024 * 1024, minimum=1)
+CHAT_MAX_IMAGE_URL_CHARS = number("CHAT_MAX_IMAGE_URL_CHARS", 8192, minimum=1)
 
 # --- Serving --------------------------------------------------------------------------------
 SERVER_HOST = env.str("SERVER_HOST", default="127.0.0.1")

@@ -16,7 +16,7 @@ LLMSERVER_WIRING = {"llmserver.urls", "llmserver.asgi"}
 # package, never of a higher rank or of another package of the same rank. The HTTP layers (api,
 # openai) sit on the turn; the admin, the commands and the app's wiring sit on everything.
 CHAT_RANKS = {
-    "chat.models": 0, "chat.exceptions": 0, "chat.tokens": 0,
+    "chat.models": 0, "chat.exceptions": 0, "chat.tokens": 0, "chat.images": 0,
     "chat.keys": 1, "chat.providers": 1,
     "chat.upstreams": 2,
     "chat.sessions": 3, "chat.usage": 3,

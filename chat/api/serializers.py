@@ -7,11 +7,15 @@ from typing import Any
 from django.conf import settings
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.core.validators import RegexValidator
+from django.urls import reverse
 from django.utils.translation import gettext_lazy as _
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from chat.models import ApiKey, Message, UsageRecord
+from chat.sessions.content import ContentInvalid, ImageInput, image_input
 from chat.sessions.ids import session_id_validator
+from chat.turns.options import MAX_TOOLS, ResponseFormatField, ToolChoiceField, tools_field
 from chat.turns.steps import DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE
 from llmserver.http.fields import (
     StrictBooleanField,
@@ -35,11 +39,25 @@ def _session_id_field(**kwargs: Any) -> StrictCharField:
 
 def _memory_field(**kwargs: Any) -> serializers.ListField:
     return serializers.ListField(
-        child=StrictCharField(max_length=2000),
+        # The pattern documents what blank means (only whitespace, trimmed to nothing): a fact of
+        # whitespace is refused as blank, which the schema must say.
+        child=StrictCharField(
+            max_length=2000, validators=[RegexValidator(r"\S", _("A memory fact must not be blank."))]
+        ),
         max_length=settings.CHAT_MAX_MEMORY_FACTS,
         help_text="Facts to remember, sent every turn as one system message ('Memory:' then one fact per line).",
         **kwargs,
     )
+
+
+# Enough for the largest image as a data URL (base64 is a third larger than the bytes).
+MAX_IMAGE_FIELD_CHARS = settings.CHAT_MAX_IMAGE_BYTES * 4 // 3 + 100
+MAX_IMAGES_PER_MESSAGE = 16
+
+
+class ToolResultSerializer(serializers.Serializer):
+    tool_call_id = StrictCharField(max_length=128)
+    content = StrictCharField(max_length=settings.CHAT_MAX_MESSAGE_CHARS, trim_whitespace=False, allow_blank=True)
 
 
 class ChatRequestSerializer(serializers.Serializer):
@@ -50,10 +68,24 @@ class ChatRequestSerializer(serializers.Serializer):
         help_text="The conversation to continue, scoped to your key. Empty: the server starts a new one.",
     )
     user_message = StrictCharField(
+        required=False,
         max_length=settings.CHAT_MAX_MESSAGE_CHARS,
         trim_whitespace=False,
-        error_messages={"required": _("user_message is required."), "blank": _("user message cannot be empty")},
+        error_messages={"blank": _("user message cannot be empty")},
+        help_text="The new message. Required, unless tool_results answer the last answer's tool calls instead.",
     )
+    images = serializers.ListField(
+        child=StrictCharField(max_length=MAX_IMAGE_FIELD_CHARS), required=False, default=list,
+        max_length=MAX_IMAGES_PER_MESSAGE,
+        help_text="Images sent with user_message: http(s) URLs or data URLs (data:image/png;base64,...).",
+    )
+    tool_results = serializers.ListField(
+        child=ToolResultSerializer(), required=False, default=list, max_length=MAX_TOOLS,
+        help_text="Instead of user_message: one result for each tool call of the session's last answer.",
+    )
+    tools = tools_field(required=False, default=list, help_text="Tools the model may call (OpenAI's format).")
+    tool_choice = ToolChoiceField(required=False)
+    response_format = ResponseFormatField(required=False)
     role = StrictCharField(
         required=False, allow_blank=True, default="", trim_whitespace=False, max_length=20_000,
         help_text="Persona / system prompt; stored on the session and sent first every turn.",
@@ -108,12 +140,29 @@ class ChatRequestSerializer(serializers.Serializer):
                 {"api_key": [_("Send your upstream key in X-Upstream-Api-Key or in api_key, not two different ones.")]}
             )
         attrs["upstream_key"] = header_key or attrs.pop("api_key")
+        if attrs["tool_results"] and ("user_message" in attrs or attrs["images"]):
+            raise serializers.ValidationError(
+                {"tool_results": [_("Send either user_message (with images) or tool_results, not both.")]}
+            )
+        if not attrs["tool_results"] and "user_message" not in attrs:
+            raise serializers.ValidationError({"user_message": [_("user_message is required.")]})
         return attrs
 
     def validate_user_message(self, value: str) -> str:
         if not value.strip():
             raise serializers.ValidationError(_("user message cannot be empty"), code="blank")
         return value
+
+    def validate_images(self, value: list[str]) -> list[ImageInput]:
+        checked = []
+        for index, url in enumerate(value):
+            try:
+                checked.append(image_input(url))
+            except ContentInvalid as error:
+                raise serializers.ValidationError(
+                    _("Image %(index)d: %(reason)s") % {"index": index, "reason": error}
+                ) from None
+        return checked
 
     def validate_conversation_history(self, value: list[str]) -> list[tuple[str, str]]:
         turns = []
@@ -140,7 +189,13 @@ class ChatResponseSerializer(serializers.Serializer):
     total_tokens_used = serializers.IntegerField()
     response_time = serializers.FloatField(help_text="Seconds from request to answer.")
     key_source = serializers.ChoiceField(choices=["default", "user_provided"])
-    finish_reason = serializers.CharField(allow_null=True)
+    finish_reason = serializers.CharField(
+        allow_null=True, help_text="stop, length, tool_calls (answer the calls with tool_results), …"
+    )
+    tool_calls = serializers.ListField(
+        child=serializers.DictField(),
+        help_text='The tool calls of the answer: [{"id", "type", "function": {"name", "arguments"}}].',
+    )
     warnings = serializers.ListField(child=serializers.CharField())
     error_message = serializers.CharField(allow_null=True, default=None)
 
@@ -179,6 +234,14 @@ class MessageSerializer(serializers.Serializer):
     message_id = serializers.IntegerField(source="pk")
     role = serializers.ChoiceField(choices=Message.Role.choices)
     content = serializers.CharField()
+    parts = serializers.SerializerMethodField(
+        help_text="The message's texts and images in order, when it has images or several texts; images as "
+        '{"type": "image", "url", "media_type", "detail", "width", "height"} with a URL this key can fetch, '
+        'or {"type": "image_url", "url", "detail"} as sent.'
+    )
+    tool_calls = serializers.ListField(child=serializers.DictField(), allow_null=True)
+    tool_call_id = serializers.CharField()
+    name = serializers.CharField()
     status = serializers.ChoiceField(choices=Message.Status.choices)
     prompt_tokens = serializers.IntegerField()
     completion_tokens = serializers.IntegerField()
@@ -186,6 +249,15 @@ class MessageSerializer(serializers.Serializer):
     latency_ms = serializers.IntegerField(allow_null=True)
     error_code = serializers.CharField()
     created_at = serializers.DateTimeField()
+
+    @extend_schema_field({"type": "array", "nullable": True, "items": {"type": "object"}})
+    def get_parts(self, message: Message) -> list[dict[str, Any]] | None:
+        if message.parts is None:
+            return None
+        return [
+            {**part, "url": reverse("image", kwargs={"sha256": part["sha256"]})} if part["type"] == "image" else part
+            for part in message.parts
+        ]
 
 
 class UsageRecordSerializer(serializers.Serializer):

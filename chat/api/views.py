@@ -8,6 +8,7 @@ import dataclasses
 from collections.abc import AsyncIterator
 
 from django.db.models import QuerySet
+from django.http import HttpResponse
 from django.http.response import HttpResponseBase
 from django.utils.translation import gettext as _
 from drf_spectacular.types import OpenApiTypes
@@ -39,8 +40,9 @@ from chat.models import ApiKey
 from chat.providers import StreamDelta
 from chat.sessions import selectors as session_selectors
 from chat.sessions import services as session_services
+from chat.sessions.images import image_get
 from chat.turns import run
-from chat.turns.steps import ChatTurnInput
+from chat.turns.steps import ChatTurnInput, NewMessage
 from chat.upstreams.choice import upstream_choose
 from chat.usage import selectors as usage_selectors
 from llmserver.http.handlers import api_exception_handler
@@ -121,16 +123,7 @@ class ChatView(AsyncApiView):
             upstream = upstream_choose(
                 api_key=request.auth, user_key=data["upstream_key"], free_mode=data["free_mode"]
             )
-            turn = ChatTurnInput(
-                user_message=data["user_message"],
-                session_id=data["session_id"],
-                system_prompt=data["role"],
-                model=data["model"],
-                max_tokens=data["max_tokens"],
-                temperature=data["temperature"],
-                memory_context=data["memory_context"],
-                conversation_history=data["conversation_history"],
-            )
+            turn = _chat_turn(data)
             if not data["stream"]:
                 result = await run.chat_turn_run(api_key=request.auth, upstream=upstream, turn=turn)
             else:
@@ -144,10 +137,38 @@ class ChatView(AsyncApiView):
         return Response(body)
 
 
+def _chat_turn(data: dict) -> ChatTurnInput:
+    user_message = data.get("user_message", "")
+    return ChatTurnInput(
+        user_message=user_message,
+        # With images, the message is its text then its images.
+        user_parts=(user_message, *data["images"]) if data["images"] else None,
+        tool_results=tuple(
+            NewMessage(role="tool", content=result["content"], tool_call_id=result["tool_call_id"])
+            for result in data["tool_results"]
+        ),
+        session_id=data["session_id"],
+        system_prompt=data["role"],
+        model=data["model"],
+        max_tokens=data["max_tokens"],
+        temperature=data["temperature"],
+        memory_context=data["memory_context"],
+        conversation_history=data["conversation_history"],
+        options={name: data[name] for name in ("tools", "tool_choice", "response_format") if data.get(name)},
+    )
+
+
+# What the OpenAI-compatible API alone answers with.
+_NOT_IN_CHAT_RESPONSE = ("logprobs", "more_choices")
+
+
 def _chat_response(result: run.ChatTurnResult) -> dict:
     """The JSON response (ChatResponseSerializer documents it). Built directly: the result is
     already plain data, and running it through the serializer cost 0.3 ms a turn."""
-    return {"success": True, **dataclasses.asdict(result), "error_message": None}
+    body = {"success": True, **dataclasses.asdict(result), "error_message": None}
+    for name in _NOT_IN_CHAT_RESPONSE:
+        del body[name]
+    return body
 
 
 def _kept_failure(exc: BaseException, response: Response | None = None) -> idempotency.StoredResponse | None:
@@ -181,7 +202,9 @@ async def _chat_events(
     stored = None
     try:
         while isinstance(piece, StreamDelta):
-            yield sse_event({"delta": piece.text}, event="delta")
+            # Pieces of tool calls are not sent: the `done` event has the calls whole.
+            if piece.text:
+                yield sse_event({"delta": piece.text}, event="delta")
             piece = await anext(pieces)
         body = _chat_response(piece)
         stored = idempotency.StoredResponse(status=200, body=body)
@@ -266,6 +289,21 @@ class SessionMessagesView(PagedListView):
     def items(self, request: Request, session_id: str) -> QuerySet:
         session = session_selectors.session_get(api_key=request.auth, public_id=session_id)
         return session_selectors.message_list(session=session)
+
+
+class ImageView(APIView):
+    @extend_schema(
+        operation_id="images_retrieve",
+        summary="An image sent in one of your messages, by the hash its message's parts name.",
+        responses={(200, "image/*"): OpenApiResponse(OpenApiTypes.BINARY), **error_responses(401, 404)},
+    )
+    def get(self, request: Request, sha256: str) -> HttpResponse:
+        image = image_get(api_key=request.auth, sha256=sha256)
+        response = HttpResponse(bytes(image.data), content_type=image.media_type)
+        # The same hash is always the same image.
+        response["Cache-Control"] = "private, max-age=31536000, immutable"
+        response["X-Content-Type-Options"] = "nosniff"
+        return response
 
 
 @paged_list(

@@ -59,6 +59,8 @@ class Message(models.Model):
         SYSTEM = "system"
         USER = "user"
         ASSISTANT = "assistant"
+        # A tool's result, answering one of the tool calls of the assistant message before it.
+        TOOL = "tool"
 
     class Status(models.TextChoices):
         # A user message whose turn is still waiting on upstream; never replayed.
@@ -72,7 +74,20 @@ class Message(models.Model):
     # No separate FK index: both composite indexes below start with the session.
     session = models.ForeignKey(ChatSession, on_delete=models.CASCADE, related_name="messages", db_index=False)
     role = models.CharField(max_length=16, choices=Role.choices)
+    # The text. When the message has content parts (`parts`), their texts joined by a blank line, for
+    # listing and search; the parts are what is replayed.
     content = models.TextField()
+    # Content parts, when the message is more than one text (chat/sessions/content.py says their
+    # stored shape): texts and images, in order. Images are references to StoredImage by hash,
+    # never their bytes. Null for a plain text message (every message stored before tools existed).
+    parts = models.JSONField(null=True, blank=True)
+    # An assistant message's tool calls, as OpenAI's wire format has them:
+    # [{"id", "type": "function", "function": {"name", "arguments"}}]. Null when it made none.
+    tool_calls = models.JSONField(null=True, blank=True)
+    # A tool message: the id of the call it answers.
+    tool_call_id = models.CharField(max_length=128, blank=True)
+    # The participant's name, as a client gave it (OpenAI's `name` on a message).
+    name = models.CharField(max_length=64, blank=True)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.COMPLETE)
     # The message's size in the prompt (content, role and per-message overhead) in `token_encoding`,
     # counted once when stored so that building the prompt does not re-tokenize the history.
@@ -92,6 +107,11 @@ class Message(models.Model):
                 condition=Q(token_count__gte=0) & Q(prompt_tokens__gte=0) & Q(completion_tokens__gte=0),
                 name="chat_message_tokens_not_negative",
             ),
+            # A tool result answers a call; only a tool result says which.
+            models.CheckConstraint(
+                condition=(Q(role="tool") & ~Q(tool_call_id="")) | (~Q(role="tool") & Q(tool_call_id="")),
+                name="chat_message_tool_result_names_its_call",
+            ),
         ]
         indexes = [
             # Every turn: the newest complete messages of one session, read newest first until the
@@ -103,3 +123,30 @@ class Message(models.Model):
 
     def __str__(self) -> str:
         return f"{self.role} message {self.pk} ({self.status})"
+
+
+class StoredImage(models.Model):
+    """An image a key sent in a message, stored once by its content (SHA-256) however many messages
+    refer to it. Per key, so that one key can never learn whether another sent an image, and so
+    that the image URL a key is shown is one only that key can fetch."""
+
+    api_key = models.ForeignKey(ApiKey, on_delete=models.CASCADE, related_name="images", db_index=False)
+    sha256 = models.CharField(max_length=64)
+    media_type = models.CharField(max_length=32)
+    data = models.BinaryField()
+    byte_size = models.IntegerField()
+    width = models.IntegerField()
+    height = models.IntegerField()
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            # Serves storing (is it there already?) and fetching one image: (key, hash) -> image.
+            models.UniqueConstraint(fields=["api_key", "sha256"], name="chat_image_unique_per_key"),
+            models.CheckConstraint(
+                condition=Q(byte_size__gt=0) & Q(width__gt=0) & Q(height__gt=0), name="chat_image_size_positive"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.media_type} image {self.sha256[:12]} ({self.width}x{self.height})"

@@ -26,7 +26,7 @@ from chat.openai.serializers import ChatCompletionRequestSerializer, OpenAIModel
 from chat.openai.wire import OPENAI_ERROR, chat_completion, completion_chunks, model_object
 from chat.sessions.ids import session_id_validator
 from chat.turns import run
-from chat.turns.steps import DEFAULT_MAX_TOKENS, ChatTurnInput, StatelessTurnInput
+from chat.turns.steps import ChatTurnInput, NewMessage, StatelessTurnInput
 from chat.upstreams.choice import upstream_choose
 from chat.upstreams.selectors import models_usable_by
 from llmserver.http.errors import InvalidInput
@@ -37,8 +37,12 @@ from llmserver.http.views import AsyncApiView
 SESSION_HEADER = "X-Session-Id"
 # OpenAI's default temperature (our own API's default, 0.7, is the original design's).
 OPENAI_DEFAULT_TEMPERATURE = 1.0
-# Sampling parameters passed upstream as they are.
-PASSED_THROUGH = ("top_p", "stop", "presence_penalty", "frequency_penalty", "seed", "user")
+# Parameters passed upstream as they are (when given, and not null).
+PASSED_THROUGH = (
+    "top_p", "stop", "presence_penalty", "frequency_penalty", "seed", "user", "tools", "tool_choice",
+    "parallel_tool_calls", "response_format", "logprobs", "top_logprobs", "logit_bias", "n", "store", "metadata",
+    "reasoning_effort", "service_tier", "verbosity", "prompt_cache_key", "safety_identifier", "max_completion_tokens",
+)
 
 
 class OpenAIView(AsyncApiView):
@@ -53,39 +57,57 @@ class OpenAISyncView(APIView):
         return openai_exception_handler
 
 
-def _stateless_turn(data: dict[str, Any], *, max_tokens: int, temperature: float) -> StatelessTurnInput:
+def _stateless_turn(data: dict[str, Any], *, max_tokens: int | None, temperature: float) -> StatelessTurnInput:
     return StatelessTurnInput(
-        messages=data["messages"], model=data["model"], max_tokens=max_tokens, temperature=temperature,
-        options=_passed_through(data),
+        messages=[message.upstream() for message in data["messages"]], model=data["model"], max_tokens=max_tokens,
+        temperature=temperature, options=_passed_through(data),
     )
 
 
 def _passed_through(data: dict[str, Any]) -> dict[str, Any]:
-    return {name: data[name] for name in PASSED_THROUGH if name in data}
+    return {name: data[name] for name in PASSED_THROUGH if data.get(name) is not None}
 
 
-def _session_turn(data: dict[str, Any], *, session_id: str, max_tokens: int, temperature: float) -> ChatTurnInput:
+def _session_turn(
+    data: dict[str, Any], *, session_id: str, max_tokens: int | None, temperature: float
+) -> ChatTurnInput:
     """The client's messages onto a stored session: its system messages set the persona (as
-    `role` does on /api/v1/chat), its last message is the new turn, and anything between is
+    `role` does on /api/v1/chat); what comes after the last assistant message is the new turn (a
+    user's message, or the results of the stored answer's tool calls); anything before it is
     earlier history, imported only into a session that has none."""
-    messages = data["messages"]
-    if messages[-1]["role"] != "user":
+    messages: list[NewMessage] = data["messages"]
+    if (data.get("n") or 1) > 1:
         raise InvalidInput(
-            _("With X-Session-Id the last message must be the user's new message."),
-            details={"messages": [_("The last message must have role 'user'.")]},
+            _("With X-Session-Id a turn has one answer: n must be 1 (the session keeps one conversation)."),
+            details={"n": [_("n must be 1 with X-Session-Id.")]},
         )
-    persona = "\n\n".join(m["content"] for m in messages[:-1] if m["role"] == "system")
-    earlier = [(m["role"], m["content"]) for m in messages[:-1] if m["role"] != "system"]
-    if not messages[-1]["content"].strip():
+    persona = "\n\n".join(m.content for m in messages if m.role == "system")
+    conversation = [m for m in messages if m.role != "system"]
+    new_start = len(conversation)
+    while new_start > 0 and conversation[new_start - 1].role == "tool":
+        new_start -= 1
+    if new_start == len(conversation):
+        new_start -= 1
+    new, earlier = conversation[new_start:], conversation[:new_start]
+    if not new or (new[0].role != "tool" and new[-1].role != "user"):
+        raise InvalidInput(
+            _("With X-Session-Id the last message must be the user's new message, or the results of the tool calls."),
+            details={"messages": [_("The last message must have role 'user' or 'tool'.")]},
+        )
+    if new[0].role == "user" and not new[0].content.strip() and not new[0].parts:
         raise InvalidInput(details={"messages": [_("user message cannot be empty")]})
     return ChatTurnInput(
-        user_message=messages[-1]["content"],
+        user_message=new[0].content if new[0].role == "user" else "",
+        user_parts=new[0].parts if new[0].role == "user" else None,
+        user_name=new[0].name if new[0].role == "user" else "",
+        tool_results=tuple(new) if new[0].role == "tool" else (),
         session_id=session_id,
         system_prompt=persona,
         model=data["model"],
         max_tokens=max_tokens,
         temperature=temperature,
-        conversation_history=earlier,
+        conversation_history=list(earlier),
+        history_resent=True,
         options=_passed_through(data),
     )
 
@@ -120,7 +142,8 @@ class ChatCompletionsView(OpenAIView):
         responses={
             (200, "application/json"): OpenApiResponse(OpenApiTypes.OBJECT, description="A chat.completion object."),
             (200, "text/event-stream"): OpenApiResponse(OpenApiTypes.STR, description="chat.completion.chunk events."),
-            **{code: OPENAI_ERROR for code in (400, 401, 403, 409, 413, 429, 502, 503, 504)},
+            # 404, 422: upstream's refusal of the request, passed on as it was.
+            **{code: OPENAI_ERROR for code in (400, 401, 403, 404, 409, 411, 413, 422, 429, 502, 503, 504)},
         },
     )
     async def post(self, request: Request) -> HttpResponseBase:
@@ -129,7 +152,13 @@ class ChatCompletionsView(OpenAIView):
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
         session_id = _session_id(request)
-        max_tokens = data.get("max_completion_tokens") or data.get("max_tokens") or DEFAULT_MAX_TOKENS
+        # max_completion_tokens goes upstream as it is (OpenAI's reasoning models refuse max_tokens);
+        # with neither, none is sent, and the model writes what it will.
+        max_tokens = data.get("max_completion_tokens") or data.get("max_tokens")
+        if data.get("stream") and (data.get("n") or 1) > 1:
+            raise InvalidInput(
+                _("n greater than 1 is answered without streaming only."), details={"n": [_("Use n=1 to stream.")]}
+            )
         temperature = data.get("temperature")
         temperature = OPENAI_DEFAULT_TEMPERATURE if temperature is None else temperature
         if session_id:

@@ -36,16 +36,22 @@ def _completion(*, kind: str, model: str, completion_id: str = "", created: int 
 
 
 def chat_completion(result: run.ChatTurnResult) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": result.response_text, "refusal": None}
+    if result.tool_calls:
+        message["tool_calls"] = result.tool_calls
+        message["content"] = result.response_text or None
     body = _completion(
         kind="chat.completion",
         model=result.model,
         choices=[
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": result.response_text, "refusal": None},
-                "logprobs": None,
+                "message": message,
+                "logprobs": result.logprobs,
                 "finish_reason": result.finish_reason or "stop",
-            }
+            },
+            # More answers (stateless, n > 1), as upstream wrote them.
+            *result.more_choices,
         ],
         usage=_usage(result),
     )
@@ -68,14 +74,22 @@ async def completion_chunks(
             kind="chat.completion.chunk", model=model, completion_id=completion_id, created=created, **fields
         ))
 
-    def delta_chunk(model: str, delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
-        return chunk(model, choices=[{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}])
+    def delta_chunk(
+        model: str, delta: dict[str, Any], finish_reason: str | None = None, logprobs: Any = None
+    ) -> bytes:
+        return chunk(model, choices=[
+            {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}
+        ])
 
     piece = first
     try:
         yield delta_chunk(piece.model, {"role": "assistant", "content": ""})
         while isinstance(piece, StreamDelta):
-            yield delta_chunk(piece.model, {"content": piece.text})
+            delta: dict[str, Any] = {"content": piece.text} if piece.text or not piece.tool_calls else {}
+            if piece.tool_calls:
+                # Passed on as they arrive: the SDKs put the calls together from their pieces.
+                delta["tool_calls"] = list(piece.tool_calls)
+            yield delta_chunk(piece.model, delta, logprobs=piece.logprobs)
             piece = await anext(pieces)
         yield delta_chunk(piece.model, {}, piece.finish_reason or "stop")
         if include_usage:

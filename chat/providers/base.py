@@ -10,11 +10,12 @@ class CompletionRequest:
     """What one turn asks of the model. `messages` are plain OpenAI-format dicts."""
 
     model: str
-    messages: list[dict[str, str]]
-    max_tokens: int
+    messages: list[dict[str, Any]]
+    # None: none is sent (the model writes as much as it will, or as `max_completion_tokens` says).
+    max_tokens: int | None
     temperature: float
-    # Further sampling parameters (top_p, stop, seed, …), validated by the caller and passed upstream as
-    # they are; the offline provider ignores them.
+    # Further parameters (top_p, stop, seed, tools, response_format, n, …), validated by the caller and
+    # passed upstream as they are; the offline provider reads only tools and response_format.
     options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -31,14 +32,24 @@ class Completion:
     completion_tokens: int
     usage_estimated: bool
     finish_reason: str | None
+    # The tool calls of the answer, whole: [{"id", "type": "function", "function": {"name", "arguments"}}].
+    tool_calls: tuple[dict[str, Any], ...] = ()
+    # The first choice's logprobs, as upstream sent them (when asked for).
+    logprobs: Any = None
+    # The choices after the first (when `n` asked for several), as upstream sent them.
+    more_choices: tuple[dict[str, Any], ...] = ()
 
 
 @dataclass(frozen=True)
 class StreamDelta:
-    """A piece of the answer as it is written, and the model writing it."""
+    """A piece of the answer as it is written, and the model writing it. `tool_calls`: pieces of
+    tool calls, as OpenAI's chunks have them (by `index`; the id and name come first, the arguments
+    in fragments); the final Completion has them whole."""
 
     text: str
     model: str
+    tool_calls: tuple[dict[str, Any], ...] = ()
+    logprobs: Any = None
 
 
 class ChatProvider(Protocol):

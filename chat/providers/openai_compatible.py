@@ -38,12 +38,12 @@ from chat.exceptions import (
     UpstreamError,
     UpstreamInterrupted,
     UpstreamRateLimited,
-    UpstreamRejectedRequest,
     UpstreamTimeout,
     UpstreamUnavailable,
 )
 from chat.providers.base import Completion, CompletionRequest, StreamDelta
-from chat.providers.stream import NOT_A_STREAM, RawChunks, read_chunk
+from chat.providers.rejection import rejection_from
+from chat.providers.stream import NOT_A_STREAM, RawChunks, ToolCallPieces, read_chunk
 from llmserver.http.parsers import storable
 from llmserver.http.request_id import REQUEST_ID_HEADER
 from llmserver.logging import NO_REQUEST, current_request_id
@@ -122,8 +122,9 @@ _REJECTED_KEY_MESSAGES = {
 
 
 def upstream_error_from(exc: Exception, *, key_origin: str = KEY_FROM_SERVER) -> UpstreamError:
-    """Map the SDK's exceptions onto ours. Upstream's own error text is not passed on: it can
-    carry a fragment of the upstream key ("Incorrect API key provided: sk-ab***yz")."""
+    """Map the SDK's exceptions onto ours. Upstream's own error text is passed on only for a
+    refused request, redacted (rejection.py): a 401's or a 403's can carry a fragment of the
+    upstream key ("Incorrect API key provided: sk-ab***yz")."""
     if isinstance(exc, openai.APITimeoutError):
         return UpstreamTimeout()
     if isinstance(exc, openai.APIConnectionError):
@@ -142,7 +143,7 @@ def upstream_error_from(exc: Exception, *, key_origin: str = KEY_FROM_SERVER) ->
             retry_after = _retry_after_seconds(exc.response.headers) or 1
             return UpstreamRateLimited(details=details, retry_after=min(max(retry_after, 1), MAX_RETRY_AFTER_PASSED_ON))
         if 400 <= exc.status_code < 500:
-            return UpstreamRejectedRequest(details=details)
+            return rejection_from(exc)
         return UpstreamError(details=details)
     return UpstreamBadResponse()
 
@@ -218,13 +219,12 @@ class OpenAICompatibleProvider:
 
     @staticmethod
     def _body(request: CompletionRequest) -> dict[str, Any]:
-        return {
-            **request.options,
-            "model": request.model,
-            "messages": request.messages,
-            "max_tokens": request.max_tokens,
-            "temperature": request.temperature,
-        }
+        body = {**request.options, "model": request.model, "messages": request.messages,
+                "temperature": request.temperature}
+        # max_completion_tokens, when the client sent it, is the limit (and OpenAI refuses both).
+        if request.max_tokens is not None and "max_completion_tokens" not in request.options:
+            body["max_tokens"] = request.max_tokens
+        return body
 
     async def complete(self, request: CompletionRequest) -> Completion:
         try:
@@ -239,13 +239,16 @@ class OpenAICompatibleProvider:
             choice = data["choices"][0]
             text = choice["message"].get("content") or ""
             finish_reason = choice.get("finish_reason")
+            tool_calls = _whole_tool_calls(choice["message"].get("tool_calls"))
+            more_choices = tuple(data["choices"][1:])
         except (KeyError, IndexError, TypeError, AttributeError) as exc:
             raise UpstreamBadResponse(_("The model provider's answer has no message in it.")) from exc
         if not isinstance(text, str) or not isinstance(finish_reason, (str, type(None))):
             raise UpstreamBadResponse(_("The model provider's answer has no message in it."))
         return _with_usage(
             request, text=storable(text), model=_model_name(data.get("model"), request), usage=data.get("usage"),
-            finish_reason=finish_reason,
+            finish_reason=finish_reason, tool_calls=tool_calls, logprobs=choice.get("logprobs"),
+            more_choices=more_choices,
         )
 
     async def stream(self, request: CompletionRequest) -> AsyncIterator[StreamDelta | Completion]:
@@ -254,6 +257,7 @@ class OpenAICompatibleProvider:
         off (UpstreamInterrupted), and one that said nothing at all is UpstreamBadResponse."""
         body = {**self._body(request), "stream": True, "stream_options": {"include_usage": True}}
         parts: list[str] = []
+        tool_calls = ToolCallPieces()
         usage: dict[str, Any] | None = None
         model = request.model
         finish_reason = None
@@ -267,10 +271,12 @@ class OpenAICompatibleProvider:
                     model = _model_name(content.model, request) if content.model is not None else model
                     usage = content.usage or usage
                     finish_reason = content.finish_reason or finish_reason
-                    if content.text:
+                    if content.text or content.tool_calls:
                         text = storable(content.text)
                         parts.append(text)
-                        yield StreamDelta(text=text, model=model)
+                        tool_calls.add(content.tool_calls)
+                        yield StreamDelta(text=text, model=model, tool_calls=content.tool_calls,
+                                          logprobs=content.logprobs)
         except openai.APITimeoutError as exc:
             # A read that timed out mid-stream is a timeout, whatever arrived before it.
             raise UpstreamTimeout() from exc
@@ -291,7 +297,8 @@ class OpenAICompatibleProvider:
         if finish_reason is None and not stream.done:
             # It stopped before its end: what arrived is kept, marked incomplete, never as whole.
             raise UpstreamInterrupted()
-        yield _with_usage(request, text="".join(parts), model=model, usage=usage, finish_reason=finish_reason)
+        yield _with_usage(request, text="".join(parts), model=model, usage=usage, finish_reason=finish_reason,
+                          tool_calls=tool_calls.whole())
 
 
 def _request_options() -> dict[str, Any]:
@@ -307,8 +314,26 @@ def _model_name(reported: Any, request: CompletionRequest) -> str:
     return request.model
 
 
+def _whole_tool_calls(calls: Any) -> tuple[dict[str, Any], ...]:
+    """An answer's tool calls, checked to be what OpenAI's format says (TypeError otherwise), with
+    only the fields that are stored and replayed."""
+    if calls is None:
+        return ()
+    if not isinstance(calls, list):
+        raise TypeError("tool_calls is not a list")
+    whole = []
+    for call in calls:
+        function = call["function"]
+        if not all(isinstance(value, str) for value in (call["id"], function["name"], function["arguments"])):
+            raise TypeError("a tool call's id, name or arguments is not a string")
+        whole.append({"id": storable(call["id"]), "type": "function", "function": {
+            "name": storable(function["name"]), "arguments": storable(function["arguments"])}})
+    return tuple(whole)
+
+
 def _with_usage(
-    request: CompletionRequest, *, text: str, model: str, usage: dict[str, Any] | None, finish_reason: str | None
+    request: CompletionRequest, *, text: str, model: str, usage: dict[str, Any] | None, finish_reason: str | None,
+    **answer: Any,
 ) -> Completion:
     """A Completion with upstream's usage when it reported one, else our own exact count."""
     try:
@@ -324,7 +349,12 @@ def _with_usage(
         estimated = True
     if estimated:
         prompt_tokens = tokens.count_prompt_tokens(request.messages, model=request.model)
-        completion_tokens = tokens.count_text_tokens(text, model=request.model)
+        completion_tokens = tokens.count_text_tokens(text, model=request.model) + sum(
+            tokens.count_text_tokens(call["function"]["name"] + call["function"]["arguments"], model=request.model)
+            for call in answer.get("tool_calls", ())
+        )
+        if request.options.get("tools"):
+            prompt_tokens += tokens.count_tools_tokens(request.options["tools"], model=request.model)
     return Completion(
         text=text,
         model=model,
@@ -332,4 +362,5 @@ def _with_usage(
         completion_tokens=completion_tokens,
         usage_estimated=estimated,
         finish_reason=finish_reason,
+        **answer,
     )

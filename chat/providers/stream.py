@@ -60,6 +60,54 @@ class ChunkContent:
     model: Any
     usage: dict[str, Any] | None
     finish_reason: str | None
+    # Pieces of tool calls, as the chunk has them (see ToolCallPieces).
+    tool_calls: tuple[dict[str, Any], ...] = ()
+    logprobs: Any = None
+
+
+class ToolCallPieces:
+    """The tool calls of a streamed answer, put together from their pieces: each piece names its
+    call by `index`; the first piece of a call carries its id and name, the others fragments of
+    its arguments."""
+
+    def __init__(self) -> None:
+        self._calls: dict[int, dict[str, Any]] = {}
+
+    def add(self, pieces: tuple[dict[str, Any], ...]) -> None:
+        for piece in pieces:
+            call = self._calls.setdefault(
+                piece["index"], {"id": "", "type": "function", "function": {"name": "", "arguments": ""}}
+            )
+            call["id"] = piece.get("id") or call["id"]
+            function = piece.get("function") or {}
+            call["function"]["name"] += function.get("name") or ""
+            call["function"]["arguments"] += function.get("arguments") or ""
+
+    def whole(self) -> tuple[dict[str, Any], ...]:
+        """The calls, in index order. Raises UpstreamBadResponse for a call without an id or name."""
+        calls = tuple(self._calls[index] for index in sorted(self._calls))
+        if any(not call["id"] or not call["function"]["name"] for call in calls):
+            raise UpstreamBadResponse(UNREADABLE_CHUNK)
+        return calls
+
+
+def _tool_call_pieces(pieces: Any) -> tuple[dict[str, Any], ...]:
+    """A delta's `tool_calls`, checked to be pieces that can be put together."""
+    if pieces is None:
+        return ()
+    if not isinstance(pieces, list):
+        raise UpstreamBadResponse(UNREADABLE_CHUNK)
+    for piece in pieces:
+        function = piece.get("function") if isinstance(piece, dict) else None
+        if (
+            not isinstance(piece, dict)
+            or not isinstance(piece.get("index"), int)
+            or not isinstance(piece.get("id"), (str, type(None)))
+            or not isinstance(function, (dict, type(None)))
+            or any(not isinstance((function or {}).get(key), (str, type(None))) for key in ("name", "arguments"))
+        ):
+            raise UpstreamBadResponse(UNREADABLE_CHUNK)
+    return tuple(pieces)
 
 
 def _text_of(content: Any) -> str:
@@ -84,7 +132,9 @@ def read_chunk(chunk: dict[str, Any]) -> ChunkContent:
     if not isinstance(choices, list) or not isinstance(usage, (dict, type(None))):
         raise UpstreamBadResponse(UNREADABLE_CHUNK)
     texts: list[str] = []
+    tool_calls: tuple[dict[str, Any], ...] = ()
     finish_reason = None
+    logprobs = None
     for choice in choices:
         if not isinstance(choice, dict):
             raise UpstreamBadResponse(UNREADABLE_CHUNK)
@@ -96,4 +146,9 @@ def read_chunk(chunk: dict[str, Any]) -> ChunkContent:
         if not isinstance(delta, dict):
             raise UpstreamBadResponse(UNREADABLE_CHUNK)
         texts.append(_text_of(delta.get("content")))
-    return ChunkContent(text="".join(texts), model=chunk.get("model"), usage=usage, finish_reason=finish_reason)
+        tool_calls += _tool_call_pieces(delta.get("tool_calls"))
+        logprobs = choice.get("logprobs") or logprobs
+    return ChunkContent(
+        text="".join(texts), model=chunk.get("model"), usage=usage, finish_reason=finish_reason,
+        tool_calls=tool_calls, logprobs=logprobs,
+    )

@@ -15,6 +15,7 @@ from chat import tokens
 from chat.exceptions import SessionNotFound
 from chat.models import Message, UsageRecord
 from chat.providers import Completion
+from chat.sessions import content
 from chat.turns import sql
 from chat.turns.steps import PreparedTurn
 from chat.usage.services import usage_close, usage_discard, usage_heartbeat
@@ -22,11 +23,16 @@ from llmserver import db
 
 
 def _answer(*, turn: PreparedTurn, completion: Completion, latency_ms: int, status: str, error_code: str) -> Message:
+    # A tool call cut short is not a call: an incomplete answer keeps its text only.
+    tool_calls = list(completion.tool_calls) if completion.tool_calls and not error_code else None
     return Message(
         session_id=turn.session_pk,
         role=Message.Role.ASSISTANT,
         content=completion.text,
-        token_count=tokens.count_message_tokens(role=Message.Role.ASSISTANT, content=completion.text, model=turn.model),
+        tool_calls=tool_calls,
+        token_count=content.message_tokens(
+            role=Message.Role.ASSISTANT, content=completion.text, tool_calls=tool_calls, model=turn.model
+        ),
         token_encoding=tokens.encoding_name_for_model(turn.model),
         prompt_tokens=completion.prompt_tokens,
         completion_tokens=completion.completion_tokens,
@@ -89,7 +95,7 @@ def chat_turn_complete(
             prompt_tokens=completion.prompt_tokens, completion_tokens=completion.completion_tokens,
         )
         if session_exists:
-            sql.message_set_status(message_id=turn.user_message_id, status=status, error_code=cut_short_by)
+            sql.messages_set_status(message_ids=turn.new_message_ids, status=status, error_code=cut_short_by)
             db.insert(answer)
         # Last: the roll-ups and the key's limit counters are rows every turn of the key (or of
         # the model) updates, and each turn holds their locks from its UPDATE until it commits.
@@ -133,7 +139,9 @@ def chat_turn_fail(
                 prompt_tokens=completion.prompt_tokens if completion else 0,
                 completion_tokens=completion.completion_tokens if completion else 0,
             )
-            sql.message_set_status(message_id=turn.user_message_id, status=Message.Status.FAILED, error_code=error_code)
+            sql.messages_set_status(
+                message_ids=turn.new_message_ids, status=Message.Status.FAILED, error_code=error_code
+            )
         if not _close_usage(turn=turn, completion=completion, latency_ms=latency_ms, outcome=outcome,
                             error_code=error_code, session_exists=session_exists):
             transaction.set_rollback(True)
@@ -146,7 +154,9 @@ def chat_turn_discard(*, turn: PreparedTurn, error_code: str) -> None:
     with transaction.atomic():
         if not turn.stateless:
             sql.session_end_turn(session_pk=turn.session_pk, lease_started_at=turn.lease_started_at, now=timezone.now())
-            sql.message_set_status(message_id=turn.user_message_id, status=Message.Status.FAILED, error_code=error_code)
+            sql.messages_set_status(
+                message_ids=turn.new_message_ids, status=Message.Status.FAILED, error_code=error_code
+            )
         usage_discard(record=turn.usage_record, reservations=list(turn.reservations))
 
 

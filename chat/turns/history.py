@@ -10,20 +10,30 @@ from chat.turns.prompt import HistoryMessage
 HISTORY_PAGE_SIZE = 100
 
 
-def history_newest_first(*, session_pk: int) -> Iterator[HistoryMessage]:
-    """The session's replayable messages, newest first, fetched a page at a time
-    (index chat_message_history_idx). Failed, pending and incomplete messages are never replayed.
+def history_newest_first(
+    *, session_pk: int, before_id: int | None = None, page_size: int = HISTORY_PAGE_SIZE
+) -> Iterator[HistoryMessage]:
+    """The session's replayable messages (older than `before_id`, when given), newest first, fetched
+    a page at a time (index chat_message_history_idx). Failed, pending and incomplete messages are
+    never replayed.
     """
-    before_id: int | None = None
+    parts_of, tool_calls_of = sql.json_field(Message, "parts"), sql.json_field(Message, "tool_calls")
     while True:
         rows = sql.history_page(
-            session_pk=session_pk, status=Message.Status.COMPLETE, before_id=before_id, size=HISTORY_PAGE_SIZE
+            session_pk=session_pk, status=Message.Status.COMPLETE, before_id=before_id, size=page_size
         )
-        for message_id, role, content, token_count, token_encoding in rows:
+        for message_id, role, content, token_count, token_encoding, parts, tool_calls, tool_call_id, name in rows:
             yield HistoryMessage(
                 message_id=message_id, role=role, content=content, token_count=token_count,
-                token_encoding=token_encoding,
+                token_encoding=token_encoding, parts=parts_of(parts), tool_calls=tool_calls_of(tool_calls),
+                tool_call_id=tool_call_id, name=name,
             )
             before_id = message_id
-        if len(rows) < HISTORY_PAGE_SIZE:
+        if len(rows) < page_size:
             return
+
+
+def last_answer(*, session_pk: int) -> HistoryMessage | None:
+    """The session's newest replayable message: the assistant message whose tool calls new tool
+    results answer, if it made any."""
+    return next(history_newest_first(session_pk=session_pk, page_size=1), None)

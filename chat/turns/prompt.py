@@ -9,14 +9,16 @@ first, and stops at the first message that does not fit: a message is never spli
 messages are never sent without the newer ones (that would make a gap in the conversation).
 """
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from django.conf import settings
 from django.utils.translation import gettext as _
 
 from chat import tokens
 from chat.exceptions import ContextTooLong, MaxTokensTooLarge
+from chat.sessions import content
 
 # Context windows (tokens) of well-known models, matched by longest prefix. Operators add their
 # own with LLM_CONTEXT_WINDOWS; anything unknown gets LLM_DEFAULT_CONTEXT_WINDOW.
@@ -94,7 +96,8 @@ def _too_long(message: str, *, needed: int, model: str, window: int, max_tokens:
 
 @dataclass(frozen=True)
 class HistoryMessage:
-    """A stored message as the prompt builder needs it."""
+    """A stored message as the prompt builder needs it (chat/sessions/content.py says what the
+    fields beyond the text hold)."""
 
     message_id: int
     role: str
@@ -102,13 +105,35 @@ class HistoryMessage:
     # Prompt tokens of this message in `token_encoding` (see Message.token_count).
     token_count: int
     token_encoding: str
+    parts: list[dict[str, Any]] | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str = ""
+    name: str = ""
+
+    def tokens_for(self, model: str) -> int:
+        return content.message_tokens(
+            role=self.role, content=self.content, model=model, parts=self.parts, tool_calls=self.tool_calls,
+            tool_call_id=self.tool_call_id, name=self.name,
+        )
+
+    def upstream(self, image_urls: dict[str, str]) -> dict[str, Any]:
+        if self.parts is None and not self.tool_calls and not self.tool_call_id and not self.name:
+            return {"role": self.role, "content": self.content}
+        return content.upstream_message(
+            role=self.role, content=self.content, parts=self.parts, tool_calls=self.tool_calls,
+            tool_call_id=self.tool_call_id, name=self.name, image_urls=image_urls,
+        )
+
+    @property
+    def call_ids(self) -> set[str]:
+        return {call["id"] for call in self.tool_calls or ()}
 
 
 @dataclass(frozen=True)
 class Prompt:
     """The messages to send upstream, and how they were chosen."""
 
-    messages: list[dict[str, str]]
+    messages: list[dict[str, Any]]
     # Exact prompt tokens for OpenAI's encodings (our estimate for other models).
     prompt_tokens: int
     history_used: int
@@ -125,14 +150,16 @@ def memory_message(memory_facts: list[str]) -> str:
     return "Memory:\n" + "\n".join(memory_facts)
 
 
-def fixed_prompt(messages: list[dict[str, str]], *, model: str, max_tokens: int) -> Prompt:
+def fixed_prompt(
+    messages: list[dict[str, Any]], *, model: str, max_tokens: int, tools_tokens: int = 0
+) -> Prompt:
     """The prompt of a turn that keeps no conversation: the caller's messages as they are, checked
     against the same budget as `build_prompt` (the model's window minus `max_tokens`).
 
     Raises MaxTokensTooLarge over the model's ceiling, ContextTooLong when the messages do not fit.
     """
     window = _window_for_the_answer(model=model, max_tokens=max_tokens)
-    prompt_tokens = tokens.count_prompt_tokens(messages, model=model)
+    prompt_tokens = tokens.count_prompt_tokens(messages, model=model) + tools_tokens
     if prompt_tokens + max_tokens > window:
         raise _too_long(
             _(
@@ -145,6 +172,30 @@ def fixed_prompt(messages: list[dict[str, str]], *, model: str, max_tokens: int)
     return Prompt(messages=messages, prompt_tokens=prompt_tokens, history_used=0, history_truncated=False)
 
 
+def _replayable_units(
+    history_newest_first: Iterable[HistoryMessage],
+) -> Iterator[list[HistoryMessage]]:
+    """The history in the units it is replayed by, newest first: a message alone, or an assistant's
+    tool calls with the results that answer them (in stored order), never one without the other.
+    Tool results whose call is not in the history (it failed, or was cut short), and tool calls
+    that were never answered (the client went on with a new message instead), are left out."""
+    results: list[HistoryMessage] = []
+    for message in history_newest_first:
+        if message.role == "tool":
+            results.append(message)
+            continue
+        if results:
+            answered = {result.tool_call_id for result in results}
+            if message.tool_calls and message.call_ids == answered:
+                yield [message, *reversed(results)]
+                results = []
+                continue
+            results = []
+        if message.tool_calls:
+            continue
+        yield [message]
+
+
 def build_prompt(
     *,
     model: str,
@@ -152,31 +203,48 @@ def build_prompt(
     system_prompt: str,
     memory_facts: list[str],
     history_newest_first: Iterable[HistoryMessage],
-    user_message: str,
-    user_message_tokens: int | None = None,
+    new_messages: list[dict[str, Any]],
+    new_messages_tokens: int,
+    answered_calls: HistoryMessage | None = None,
+    tools_tokens: int = 0,
+    image_urls_for: Callable[[list[str]], dict[str, str]] = lambda hashes: {},
 ) -> Prompt:
     """Choose the messages for one turn. `history_newest_first` is consumed lazily, only as far
     as the budget reaches, so a session's length does not change a turn's cost.
-    `user_message_tokens`: the new message's tokens under `model`, when counted already.
+
+    `new_messages`: the turn's own messages in OpenAI's format (the user's message, or the tool
+    results answering `answered_calls`, the stored assistant message whose calls they answer, which
+    is then always sent with them), and their tokens under `model`. `tools_tokens`: the tokens of
+    the request's tool definitions. `image_urls_for`: the data URLs of stored images, by hash, for
+    the images of the history chosen.
 
     Raises MaxTokensTooLarge over the model's ceiling, ContextTooLong when the persona, memory and
-    new message alone exceed the budget.
+    new messages alone exceed the budget.
     """
     window = _window_for_the_answer(model=model, max_tokens=max_tokens)
     encoding = tokens.encoding_name_for_model(model)
     budget = window - max_tokens
 
-    head: list[dict[str, str]] = []
+    head: list[dict[str, Any]] = []
     if system_prompt:
         head.append({"role": "system", "content": system_prompt})
     if memory_facts:
         head.append({"role": "system", "content": memory_message(memory_facts)})
-    tail = {"role": "user", "content": user_message}
-    if user_message_tokens is None:
-        user_message_tokens = tokens.count_message_tokens(role="user", content=user_message, model=model)
-    used = tokens.REPLY_PRIMING_TOKENS + user_message_tokens + sum(
+    used = tokens.REPLY_PRIMING_TOKENS + tools_tokens + new_messages_tokens + sum(
         tokens.count_message_tokens(role=m["role"], content=m["content"], model=model) for m in head
     )
+    recounted: list[tuple[int, int, str]] = []
+
+    def size_of(message: HistoryMessage) -> int:
+        if message.token_encoding == encoding:
+            return message.token_count
+        # Stored under another model's encoding: count again for this one.
+        size = message.tokens_for(model)
+        recounted.append((message.message_id, size, encoding))
+        return size
+
+    if answered_calls is not None:
+        used += size_of(answered_calls)
     if used > budget:
         raise _too_long(
             _(
@@ -187,26 +255,26 @@ def build_prompt(
             needed=used, model=model, window=window, max_tokens=max_tokens,
         )
 
-    chosen: list[dict[str, str]] = []
-    recounted: list[tuple[int, int, str]] = []
+    chosen: list[HistoryMessage] = []
     truncated = False
-    for message in history_newest_first:
-        size = message.token_count
-        if message.token_encoding != encoding:
-            # Stored under another model's encoding: count again for this one.
-            size = tokens.count_message_tokens(role=message.role, content=message.content, model=model)
-            recounted.append((message.message_id, size, encoding))
+    for unit in _replayable_units(history_newest_first):
+        size = sum(size_of(message) for message in unit)
         if used + size > budget:
             truncated = True
             break
         used += size
-        chosen.append({"role": message.role, "content": message.content})
+        chosen.extend(reversed(unit))
     chosen.reverse()
+    if answered_calls is not None:
+        chosen.append(answered_calls)
+    hashes = [sha for message in chosen for sha in content.stored_image_hashes(message.parts)]
+    image_urls = image_urls_for(hashes) if hashes else {}
+    history = [message.upstream(image_urls) for message in chosen]
     return Prompt(
-        messages=[*head, *chosen, tail],
+        messages=[*head, *history, *new_messages],
         prompt_tokens=used,
-        history_used=len(chosen),
+        history_used=len(chosen) - (answered_calls is not None),
         history_truncated=truncated,
-        user_message_tokens=user_message_tokens,
+        user_message_tokens=new_messages_tokens,
         recounted=recounted,
     )

@@ -72,6 +72,12 @@ class ChatTurnResult:
     key_source: str
     warnings: list[str]
     finish_reason: str | None
+    # The answer's tool calls, whole (empty when it made none).
+    tool_calls: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    # OpenAI-compatible API only (not in /api/v1/chat's answer): the first choice's logprobs, and
+    # the choices after it when `n` asked for several.
+    logprobs: Any = dataclasses.field(default=None, repr=False)
+    more_choices: tuple[dict[str, Any], ...] = dataclasses.field(default=(), repr=False)
 
 
 def _elapsed_ms(started: float) -> int:
@@ -294,6 +300,9 @@ def _result(
         key_source=prepared.key_source,
         warnings=[*upstream.warnings, *prepared.warnings],
         finish_reason=completion.finish_reason,
+        tool_calls=list(completion.tool_calls),
+        logprobs=completion.logprobs,
+        more_choices=completion.more_choices,
     )
 
 

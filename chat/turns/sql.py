@@ -121,15 +121,17 @@ def session_renew_lease(*, session_pk: int, lease_started_at: datetime, now: dat
 
 
 @functools.cache
-def _status_statement() -> str:
+def _status_statement(count: int) -> str:
+    ids = ", ".join(["%s"] * count)
     return (
         f"UPDATE {db.table(Message)} SET {db.column(Message, 'status')} = %s, {db.column(Message, 'error_code')} = %s "
-        f"WHERE {db.column(Message, 'id')} = %s"
+        f"WHERE {db.column(Message, 'id')} IN ({ids})"
     )
 
 
-def message_set_status(*, message_id: int, status: str, error_code: str = "") -> None:
-    db.changed(_status_statement(), [status, error_code, message_id])
+def messages_set_status(*, message_ids: tuple[int, ...], status: str, error_code: str = "") -> None:
+    """Set the status of a turn's new messages (one, or a tool result per call)."""
+    db.changed(_status_statement(len(message_ids)), [status, error_code, *message_ids])
 
 
 @functools.cache
@@ -148,9 +150,15 @@ def messages_recounted(*, counts: list[tuple[int, int, str]]) -> None:
         cursor.executemany(_recount_statement(), rows)
 
 
+# What the prompt builder reads of each stored message (chat.turns.prompt.HistoryMessage).
+HISTORY_FIELDS = (
+    "id", "role", "content", "token_count", "token_encoding", "parts", "tool_calls", "tool_call_id", "name",
+)
+
+
 @functools.cache
 def _history_statement(*, before: bool) -> str:
-    columns = ", ".join(db.column(Message, name) for name in ("id", "role", "content", "token_count", "token_encoding"))
+    columns = ", ".join(db.column(Message, name) for name in HISTORY_FIELDS)
     message_id = db.column(Message, "id")
     older = f" AND {message_id} < %s" if before else ""
     # The shape of chat_message_history_idx: (session, status, id DESC).
@@ -162,8 +170,8 @@ def _history_statement(*, before: bool) -> str:
 
 
 def history_page(*, session_pk: int, status: str, before_id: int | None, size: int) -> list[tuple[Any, ...]]:
-    """Up to `size` (id, role, content, token_count, token_encoding) of the session's messages in
-    `status`, newest first, older than `before_id` when given."""
+    """Up to `size` rows of HISTORY_FIELDS of the session's messages in `status`, newest first, older
+    than `before_id` when given. The JSON fields come as the database gives them (`json_field`)."""
     params: list[Any] = [session_pk, status]
     if before_id is not None:
         params.append(before_id)
@@ -171,3 +179,10 @@ def history_page(*, session_pk: int, status: str, before_id: int | None, size: i
     with connection.cursor() as cursor:
         cursor.execute(_history_statement(before=before_id is not None), params)
         return cursor.fetchall()
+
+
+def json_field(model: type, name: str) -> Any:
+    """The function that reads a JSON column's raw value as the ORM would (psycopg may give it
+    decoded, SQLite as text)."""
+    field = model._meta.get_field(name)
+    return lambda value: None if value is None else field.from_db_value(value, None, connection)

@@ -20,16 +20,19 @@ from django.utils import timezone
 from django.utils.translation import gettext as _
 
 from chat import tokens
-from chat.exceptions import SessionBusy
+from chat.exceptions import SessionBusy, ToolResultsMismatch
 from chat.models import ApiKey, ChatSession, Message, UsageRecord
 from chat.providers import CompletionRequest
+from chat.sessions import content
+from chat.sessions.content import ContentPart, ImageInput
 from chat.sessions.ids import new_session_public_id
+from chat.sessions.images import image_data_urls, images_store
 from chat.sessions.lease import lease_dead_before
 from chat.sessions.selectors import session_has_messages
 from chat.sessions.services import merge_memory, title_from
 from chat.turns import sql
-from chat.turns.history import history_newest_first
-from chat.turns.prompt import Prompt, build_prompt, fixed_prompt
+from chat.turns.history import history_newest_first, last_answer
+from chat.turns.prompt import HistoryMessage, Prompt, build_prompt, fixed_prompt, max_output_tokens_for_model
 from chat.upstreams.selectors import model_check, model_default_for
 from chat.usage import limits
 from chat.usage.services import usage_begin
@@ -41,21 +44,74 @@ DEFAULT_TEMPERATURE = 0.7
 
 
 @dataclass(frozen=True)
-class ChatTurnInput:
-    """One turn as the client asked for it (the original `ChatRequest` contract)."""
+class NewMessage:
+    """A message a client sends to be stored (chat/sessions/content.py): a user's message, a tool's
+    result, or an earlier message imported into a new session. Already checked."""
 
-    user_message: str
+    role: str
+    content: str
+    # Texts and images, when the message is more than one text.
+    parts: tuple[ContentPart, ...] | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str = ""
+    name: str = ""
+
+    @property
+    def stored_parts(self) -> list[dict[str, Any]] | None:
+        return None if self.parts is None else content.stored_parts(list(self.parts))
+
+    def tokens_for(self, model: str) -> int:
+        return content.message_tokens(
+            role=self.role, content=self.content, model=model, parts=self.stored_parts, tool_calls=self.tool_calls,
+            tool_call_id=self.tool_call_id, name=self.name,
+        )
+
+    def upstream(self) -> dict[str, Any]:
+        """In OpenAI's format, its images as the data URLs they came as."""
+        image_urls = {part.sha256: content.data_url(part.media_type, part.data)
+                      for part in self.parts or () if isinstance(part, ImageInput) and not part.url}
+        return content.upstream_message(
+            role=self.role, content=self.content, parts=self.stored_parts, tool_calls=self.tool_calls,
+            tool_call_id=self.tool_call_id, name=self.name, image_urls=image_urls,
+        )
+
+    @property
+    def images(self) -> list[ImageInput]:
+        return [part for part in self.parts or () if isinstance(part, ImageInput)]
+
+
+@dataclass(frozen=True)
+class ChatTurnInput:
+    """One turn as the client asked for it (the original `ChatRequest` contract, extended)."""
+
+    user_message: str = ""
     session_id: str = ""
     system_prompt: str = ""
     model: str = ""
-    max_tokens: int = DEFAULT_MAX_TOKENS
+    # None: none is sent upstream (the model writes as much as it will); the limits then reserve
+    # what the model can write at most.
+    max_tokens: int | None = DEFAULT_MAX_TOKENS
     temperature: float = DEFAULT_TEMPERATURE
     memory_context: list[str] = field(default_factory=list)
-    # Earlier turns as (role, content), imported only into a session with no messages yet.
-    conversation_history: list[tuple[str, str]] = field(default_factory=list)
-    # Further sampling parameters passed upstream as they are (the OpenAI-compatible endpoint's
-    # top_p, stop, seed, …); already validated.
+    # Earlier turns as (role, content) or as whole messages, imported only into a session with no
+    # messages yet.
+    conversation_history: list[tuple[str, str] | NewMessage] = field(default_factory=list)
+    # Further parameters passed upstream as they are (the OpenAI-compatible endpoint's top_p, stop,
+    # seed, tools, response_format, …); already validated.
     options: dict[str, Any] = field(default_factory=dict)
+    # The user's message as texts and images, when it is more than `user_message`'s text.
+    user_parts: tuple[ContentPart, ...] | None = None
+    user_name: str = ""
+    # Instead of a user's message: the results of the tool calls of the session's last answer.
+    tool_results: tuple[NewMessage, ...] = ()
+    # The client sends its whole conversation every time (the OpenAI-compatible API's clients, agent
+    # frameworks): earlier messages ignored for a session with history are expected, not warned of.
+    history_resent: bool = False
+
+    def new_messages(self) -> list[NewMessage]:
+        if self.tool_results:
+            return list(self.tool_results)
+        return [NewMessage(role="user", content=self.user_message, parts=self.user_parts, name=self.user_name)]
 
 
 @dataclass(frozen=True)
@@ -63,9 +119,9 @@ class StatelessTurnInput:
     """A call that keeps no conversation (the OpenAI-compatible endpoint without X-Session-Id):
     the client sends the whole prompt, nothing is stored but the call's usage."""
 
-    messages: list[dict[str, str]]
+    messages: list[dict[str, Any]]
     model: str = ""
-    max_tokens: int = DEFAULT_MAX_TOKENS
+    max_tokens: int | None = DEFAULT_MAX_TOKENS
     temperature: float = DEFAULT_TEMPERATURE
     options: dict[str, Any] = field(default_factory=dict)
 
@@ -79,10 +135,12 @@ class PreparedTurn:
     # None for a stateless turn: no session, no stored message, no lease.
     session_pk: int | None
     session_id: str
+    # The turn's first new message (the user's, or the first tool result), and all of them.
     user_message_id: int | None
     model: str
     prompt: Prompt
-    max_tokens: int
+    # What is sent upstream: None sends none.
+    max_tokens: int | None
     temperature: float
     warnings: list[str]
     # The lease this turn holds: only this turn's end may release it.
@@ -93,6 +151,7 @@ class PreparedTurn:
     # What the turn reserved against the key's limits, settled when it ends.
     reservations: tuple[limits.Reservation, ...] = ()
     options: dict[str, Any] = field(default_factory=dict)
+    new_message_ids: tuple[int, ...] = ()
 
     @property
     def stateless(self) -> bool:
@@ -109,19 +168,64 @@ class PreparedTurn:
 
 
 def _stored_message(
-    *, session_pk: int, role: str, content: str, model: str, token_count: int | None = None, **fields: Any
+    *, session_pk: int, message: NewMessage, model: str, token_count: int | None = None, **fields: Any
 ) -> Message:
     """`token_count`: the message's tokens under `model`, when already counted."""
     if token_count is None:
-        token_count = tokens.count_message_tokens(role=role, content=content, model=model)
+        token_count = message.tokens_for(model)
     return Message(
         session_id=session_pk,
-        role=role,
-        content=content,
+        role=message.role,
+        content=message.content,
+        parts=message.stored_parts,
+        tool_calls=message.tool_calls,
+        tool_call_id=message.tool_call_id,
+        name=message.name,
         token_count=token_count,
         token_encoding=tokens.encoding_name_for_model(model),
         **fields,
     )
+
+
+def _answered_calls(*, session_pk: int, results: list[NewMessage]) -> HistoryMessage:
+    """The stored answer whose tool calls `results` answer: the session's newest replayable message.
+    Raises ToolResultsMismatch naming the ids that answer no call, or the calls left unanswered."""
+    answer = last_answer(session_pk=session_pk)
+    if answer is None or not answer.tool_calls:
+        raise ToolResultsMismatch(
+            _("This session's last answer made no tool calls, so there is nothing for tool results to answer."),
+            details={"tool_call_ids": [result.tool_call_id for result in results]},
+        )
+    given = [result.tool_call_id for result in results]
+    unknown = sorted({call_id for call_id in given if call_id not in answer.call_ids})
+    if unknown:
+        raise ToolResultsMismatch(
+            _("No tool call of this session's last answer has the id %(ids)s.") % {"ids": ", ".join(unknown)},
+            details={"unknown_tool_call_ids": unknown, "tool_call_ids": sorted(answer.call_ids)},
+        )
+    missing = sorted(answer.call_ids - set(given))
+    if missing or len(given) != len(set(given)):
+        raise ToolResultsMismatch(
+            _("Send one result for each tool call of this session's last answer; missing: %(ids)s.")
+            % {"ids": ", ".join(missing) or "-"},
+            details={"missing_tool_call_ids": missing, "tool_call_ids": sorted(answer.call_ids)},
+        )
+    return answer
+
+
+def answer_room(*, model: str, max_tokens: int | None) -> tuple[int, int]:
+    """(the tokens kept for the answer in the context window, the most the limits reserve for it).
+    A client that sets no max_tokens gets the original default's room in the window, and the
+    model's whole output ceiling reserved against its limits: the model may write that much."""
+    if max_tokens is not None:
+        return max_tokens, max_tokens
+    ceiling = max_output_tokens_for_model(model)
+    return min(DEFAULT_MAX_TOKENS, ceiling), ceiling
+
+
+def tools_tokens_of(options: dict[str, Any], model: str) -> int:
+    tools = options.get("tools")
+    return tokens.count_tools_tokens(tools, model=model) if tools else 0
 
 
 def _session_leased(*, api_key: ApiKey, turn: ChatTurnInput, now: datetime, key_source: str) -> ChatSession:
@@ -192,59 +296,75 @@ def chat_turn_begin(
 
         if turn.conversation_history:
             if session_has_messages(session_pk=session.pk):
-                warnings.append(
-                    _(
+                if not turn.history_resent:
+                    warnings.append(_(
                         "conversation_history was ignored: this session already has stored messages, and its stored "
                         "history is used instead."
-                    )
-                )
+                    ))
             else:
+                imported = [
+                    message if isinstance(message, NewMessage) else NewMessage(role=message[0], content=message[1])
+                    for message in turn.conversation_history
+                ]
+                images_store(api_key_id=api_key.pk, images=[image for m in imported for image in m.images])
                 Message.objects.bulk_create(
-                    _stored_message(session_pk=session.pk, role=role, content=content, model=session.model)
-                    for role, content in turn.conversation_history
+                    _stored_message(session_pk=session.pk, message=message, model=session.model)
+                    for message in imported
                 )
 
+        new_messages = turn.new_messages()
+        answered_calls = (
+            _answered_calls(session_pk=session.pk, results=new_messages) if turn.tool_results else None
+        )
+        window_room, reserved_room = answer_room(model=session.model, max_tokens=turn.max_tokens)
         # A key out of tokens or budget is refused before the history is read (a long session's
         # history costs a read and a count on every refused turn otherwise).
-        user_message_tokens = tokens.count_message_tokens(role="user", content=turn.user_message, model=session.model)
+        new_tokens = [message.tokens_for(session.model) for message in new_messages]
+        tools_tokens = tools_tokens_of(turn.options, session.model)
         limits.check_room(
-            api_key=api_key, model=session.model, prompt_tokens_at_least=user_message_tokens,
-            max_tokens=turn.max_tokens, now=now,
+            api_key=api_key, model=session.model, prompt_tokens_at_least=sum(new_tokens) + tools_tokens,
+            max_tokens=reserved_room, now=now,
         )
         prompt = build_prompt(
             model=session.model,
-            max_tokens=turn.max_tokens,
+            max_tokens=window_room,
             system_prompt=session.system_prompt,
             memory_facts=session.memory_facts,
-            history_newest_first=history_newest_first(session_pk=session.pk),
-            user_message=turn.user_message,
-            user_message_tokens=user_message_tokens,
+            history_newest_first=history_newest_first(
+                session_pk=session.pk, before_id=answered_calls.message_id if answered_calls else None
+            ),
+            new_messages=[message.upstream() for message in new_messages],
+            new_messages_tokens=sum(new_tokens),
+            answered_calls=answered_calls,
+            tools_tokens=tools_tokens,
+            image_urls_for=lambda hashes: image_data_urls(api_key_id=api_key.pk, hashes=hashes),
         )
         if prompt.recounted:
             sql.messages_recounted(counts=prompt.recounted)
         reservations = limits.reserve(
-            api_key=api_key, model=session.model, prompt_tokens=prompt.prompt_tokens, max_tokens=turn.max_tokens,
+            api_key=api_key, model=session.model, prompt_tokens=prompt.prompt_tokens, max_tokens=reserved_room,
             now=now,
         )
-        user_message = _stored_message(
-            session_pk=session.pk,
-            role=Message.Role.USER,
-            content=turn.user_message,
-            model=session.model,
-            token_count=prompt.user_message_tokens,
-            status=Message.Status.PENDING,
-        )
-        user_message.model = session.model
-        db.insert(user_message)
+        images_store(api_key_id=api_key.pk, images=[image for m in new_messages for image in m.images])
+        stored = []
+        for message, count in zip(new_messages, new_tokens, strict=True):
+            row = _stored_message(
+                session_pk=session.pk, message=message, model=session.model, token_count=count,
+                status=Message.Status.PENDING,
+            )
+            row.model = session.model
+            db.insert(row)
+            stored.append(row.pk)
         record = usage_begin(
-            api_key_id=api_key.pk, session_pk=session.pk, user_message_id=user_message.pk, model=session.model,
+            api_key_id=api_key.pk, session_pk=session.pk, user_message_id=stored[0], model=session.model,
             prompt_tokens=prompt.prompt_tokens, key_source=key_source, reservations=reservations, now=now,
         )
     return PreparedTurn(
         api_key_id=api_key.pk,
         session_pk=session.pk,
         session_id=session.public_id,
-        user_message_id=user_message.pk,
+        user_message_id=stored[0],
+        new_message_ids=tuple(stored),
         model=session.model,
         prompt=prompt,
         max_tokens=turn.max_tokens,
@@ -268,11 +388,16 @@ def stateless_turn_begin(
     """
     model = turn.model or model_default_for(api_key)
     model_check(api_key=api_key, model=model, key_source=key_source)
-    prompt = fixed_prompt(turn.messages, model=model, max_tokens=turn.max_tokens)
+    window_room, reserved_room = answer_room(model=model, max_tokens=turn.max_tokens)
+    prompt = fixed_prompt(
+        turn.messages, model=model, max_tokens=window_room, tools_tokens=tools_tokens_of(turn.options, model)
+    )
+    # n answers cost n times the answer's room.
+    reserved_room *= turn.options.get("n") or 1
     now = timezone.now()
     with transaction.atomic():
         reservations = limits.reserve(
-            api_key=api_key, model=model, prompt_tokens=prompt.prompt_tokens, max_tokens=turn.max_tokens, now=now
+            api_key=api_key, model=model, prompt_tokens=prompt.prompt_tokens, max_tokens=reserved_room, now=now
         )
         record = usage_begin(
             api_key_id=api_key.pk, session_pk=None, user_message_id=None, model=model,

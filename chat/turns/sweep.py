@@ -58,7 +58,11 @@ def _close(*, record: UsageRecord, now: datetime, dead_before: datetime) -> bool
     if not usage_interrupt(record=record, now=now, dead_before=dead_before):
         return False
     if record.user_message_id is not None:
-        Message.objects.filter(pk=record.user_message_id, status=Message.Status.PENDING).update(
+        # The turn's new messages: its first (the user's, or its first tool result) and those stored
+        # after it with it, while the turn held the session's lease; all still pending.
+        Message.objects.filter(
+            session_id=record.session_id, pk__gte=record.user_message_id, status=Message.Status.PENDING
+        ).update(
             status=Message.Status.FAILED, error_code=INTERRUPTED
         )
     if record.session_id is not None:

@@ -16,7 +16,7 @@ from django.http import HttpRequest
 from django.utils import translation
 from django.utils.translation import gettext_lazy as _
 
-from llmserver.http.errors import error_body
+from llmserver.http.errors import OPENAI_PATH_PREFIX, error_body, openai_error
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -50,12 +50,16 @@ class RequestBodyLimit:
 
 
 async def _refuse(scope: Scope, send: Send, status: int, error_code: str, message: Any) -> None:
-    """Answer in the one error shape, in the language the client asked for, and close: the
-    unread body must not be taken for the next request on the connection."""
+    """Answer in the error shape of the API the address belongs to (OpenAI's under /v1/, so that
+    its SDKs raise their usual exceptions; ours elsewhere), in the language the client asked for,
+    and close: the unread body must not be taken for the next request on the connection."""
     request = HttpRequest()
     request.META["HTTP_ACCEPT_LANGUAGE"] = dict(scope["headers"]).get(b"accept-language", b"").decode("latin-1")
     with translation.override(translation.get_language_from_request(request)):
-        body = error_body(error_code=error_code, error_message=message)
+        if scope["path"].startswith(OPENAI_PATH_PREFIX):
+            body = openai_error(status_code=status, error_code=error_code, message=message)
+        else:
+            body = error_body(error_code=error_code, error_message=message)
     payload = json.dumps(body).encode()
     await send({
         "type": "http.response.start",

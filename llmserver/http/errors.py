@@ -26,6 +26,9 @@ class ApiError(Exception):
     status_code: int = status.HTTP_400_BAD_REQUEST
     error_code: str = "bad_request"
     default_message: Any = _("The request could not be processed.")
+    # Under /v1/, fields that replace ours in OpenAI's shape (`message`, `type`, `param`, `code`):
+    # for a failure that is an OpenAI-compatible upstream's own, passed on as it said it.
+    openai_fields: dict[str, Any] | None = None
 
     def __init__(
         self,

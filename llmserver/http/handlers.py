@@ -135,15 +135,34 @@ def _where(context: dict[str, Any]) -> str:
     return context.get("where") or context.get("view").__class__.__name__
 
 
+def _first_problem(detail: Any) -> str:
+    """The first sentence in a field's errors, however deeply DRF nested them (a list's item, a
+    dict's key)."""
+    if isinstance(detail, dict):
+        return next((_first_problem(value) for value in detail.values()), "")
+    if isinstance(detail, list):
+        return next((found for found in map(_first_problem, detail) if found), "")
+    return str(detail)
+
+
 def openai_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
-    """Our one error shape, recast in OpenAI's (same status, same code, same sentence)."""
+    """Our one error shape, recast in OpenAI's (same status, same code, same sentence), or in the
+    words of the upstream whose failure it is (`ApiError.openai_fields`)."""
     response = api_exception_handler(exc, context)
     if response is not None and isinstance(response.data, dict) and "error_code" in response.data:
         body = response.data
+        message = body["error_message"]
+        if isinstance(exc, drf_exceptions.ValidationError) and isinstance(exc.detail, dict):
+            # The SDKs show only the message: it names each field and what is wrong with it.
+            message = _("The request is invalid: %(problems)s") % {"problems": "; ".join(
+                f"{name}: {_first_problem(problem)}" for name, problem in exc.detail.items()
+            )}
         response.data = openai_error(
-            status_code=response.status_code, error_code=body["error_code"], message=body["error_message"],
+            status_code=response.status_code, error_code=body["error_code"], message=message,
             details=body.get("details"),
         )
+        if isinstance(exc, ApiError) and exc.openai_fields:
+            response.data["error"].update(exc.openai_fields)
     return response
 
 

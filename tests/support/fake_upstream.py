@@ -110,6 +110,10 @@ class Behaviour:
             they are (a dict is sent as its JSON, a string as the event's data), each after
             ``word_delay`` but the first; then the stream ends, with no ``[DONE]`` unless one is
             among them. For the chunks an OpenAI-compatible server should not send.
+        tool_calls: The answer calls these tools, given as ``(name, arguments JSON)``: the message
+            has ``tool_calls`` (ids ``call_fake<serial>_<n>``), ``reply`` as its content (``""``
+            means ``null``), and ``finish_reason`` is ``"tool_calls"``. Streamed as OpenAI does:
+            one chunk with each call's id and name, then its arguments in two fragments.
     """
 
     reply: str | None = None
@@ -124,6 +128,7 @@ class Behaviour:
     drop_after_words: int | None = None
     word_delay: float = 0.0
     events: tuple[dict[str, Any] | str, ...] | None = None
+    tool_calls: tuple[tuple[str, str], ...] = ()
 
 
 _SUCCESS = Behaviour()
@@ -700,6 +705,18 @@ class _Answer:
     headers: _Headers
     behaviour: Behaviour
 
+    @property
+    def tool_calls(self) -> list[dict[str, Any]]:
+        return [
+            {"id": f"{self.completion_id.replace('chatcmpl-', 'call_')}_{n}", "type": "function",
+             "function": {"name": name, "arguments": arguments}}
+            for n, (name, arguments) in enumerate(self.behaviour.tool_calls)
+        ]
+
+    @property
+    def finish_reason(self) -> str:
+        return "tool_calls" if self.behaviour.tool_calls else "stop"
+
 
 async def _send_malformed(stream: bool, exchange: _Exchange, headers: _Headers) -> None:
     broken = b'{"id": "cmpl-broken", "choices": ['
@@ -723,10 +740,14 @@ async def _send_completion(answer: _Answer, exchange: _Exchange) -> None:
                 "index": 0,
                 "message": {"role": "assistant", "content": answer.reply, "refusal": None},
                 "logprobs": None,
-                "finish_reason": "stop",
+                "finish_reason": answer.finish_reason,
             }
         ],
     }
+    if answer.tool_calls:
+        message = completion["choices"][0]["message"]
+        message["tool_calls"] = answer.tool_calls
+        message["content"] = answer.reply or None
     if answer.usage is not None:
         completion["usage"] = _usage_object(answer.usage)
     if answer.behaviour.drop_after_words is None:
@@ -766,24 +787,35 @@ async def _send_stream(answer: _Answer, include_usage: bool, exchange: _Exchange
             chunk["usage"] = usage
         return b"data: " + _dumps(chunk) + b"\n\n"
 
-    def choice(delta: dict[str, str], finish_reason: str | None = None) -> list[dict[str, Any]]:
+    def choice(delta: dict[str, Any], finish_reason: str | None = None) -> list[dict[str, Any]]:
         return [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]
 
     await exchange.start(
         200, [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache"), *answer.headers]
     )
     # An empty reply still gets the role chunk, as OpenAI always sends one.
-    pieces = _WORD_PIECE.findall(answer.reply) or [""]
+    pieces = _WORD_PIECE.findall(answer.reply) or ([] if answer.tool_calls else [""])
+    if answer.tool_calls:
+        await exchange.body(event(choice({"role": "assistant", "content": None})), more=True)
     for index, piece in enumerate(pieces):
         if index == behaviour.drop_after_words:
             raise _AbortConnection("drop_after_words")
         if index and behaviour.word_delay > 0:
             await asyncio.sleep(behaviour.word_delay)
-        delta = {"role": "assistant", "content": piece} if index == 0 else {"content": piece}
+        delta = {"role": "assistant", "content": piece} if index == 0 and not answer.tool_calls else {"content": piece}
         await exchange.body(event(choice(delta)), more=True)
+    for n, call in enumerate(answer.tool_calls):
+        arguments = call["function"]["arguments"]
+        half = len(arguments) // 2
+        head = {"index": n, "id": call["id"], "type": "function",
+                "function": {"name": call["function"]["name"], "arguments": ""}}
+        for fragment in ({"tool_calls": [head]},
+                         {"tool_calls": [{"index": n, "function": {"arguments": arguments[:half]}}]},
+                         {"tool_calls": [{"index": n, "function": {"arguments": arguments[half:]}}]}):
+            await exchange.body(event(choice(fragment)), more=True)
     if behaviour.drop_after_words is not None:
         raise _AbortConnection("drop_after_words")
-    tail = event(choice({}, "stop"))
+    tail = event(choice({}, answer.finish_reason))
     if include_usage and answer.usage is not None:
         tail += event([], _usage_object(answer.usage))
     await exchange.body(tail + b"data: [DONE]\n\n")

@@ -34,7 +34,7 @@ def test_it_returns_the_whole_response_contract(alice: Persona, fake_upstream: F
 
     assert set(body) == {
         "success", "session_id", "message_id", "user_message_id", "response_text", "model", "prompt_tokens",
-        "completion_tokens", "total_tokens_used", "response_time", "key_source", "finish_reason", "warnings",
+        "completion_tokens", "total_tokens_used", "response_time", "key_source", "finish_reason", "tool_calls", "warnings",
         "error_message",
     }
     assert (body["prompt_tokens"], body["completion_tokens"], body["total_tokens_used"]) == (21, 2, 23)
@@ -217,7 +217,7 @@ def test_it_refuses_a_body_over_the_size_limit_with_413(alice: Persona, settings
             "The model provider returned an error; the message was kept and can be retried.",
         ),
         (
-            Behaviour(status=404), 502, "upstream_rejected_request",
+            Behaviour(status=404), 404, "upstream_rejected_request",
             "The model provider rejected the request (for example an unknown model or an invalid parameter).",
         ),
         (

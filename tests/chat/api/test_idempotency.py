@@ -112,8 +112,9 @@ def test_an_upstream_failure_is_stored_and_replayed_like_an_answer(
 
 @pytest.mark.parametrize(
     ("refusal", "status"),
-    [(Behaviour(status=429, headers={"retry-after": "30"}), 429), (Behaviour(status=401), 502)],
-    ids=["rate_limited", "key_rejected"],
+    [(Behaviour(status=429, headers={"retry-after": "30"}), 429), (Behaviour(status=401), 502),
+     (Behaviour(status=404), 404)],
+    ids=["rate_limited", "key_rejected", "request_rejected"],
 )
 def test_a_request_upstream_did_not_take_up_is_not_stored_so_the_same_key_can_ask_again(
     alice: Persona, fake_upstream: FakeUpstream, refusal: Behaviour, status: int

@@ -119,7 +119,8 @@ def test_the_sync_sdk_streams_and_the_async_sdk_completes(upstream_server: Serve
 
     assert text == "one two three"
     assert asyncio.run(complete()) == "whole"
-    assert upstream.requests[1].json["messages"] == [{"role": "user", "content": "Once."}]
+    # Text parts stay parts, as the client sent them.
+    assert upstream.requests[1].json["messages"] == [{"role": "user", "content": [{"type": "text", "text": "Once."}]}]
 
 
 @pytest.mark.e2e
@@ -130,8 +131,8 @@ def test_errors_reach_the_sdk_as_its_own_exceptions(upstream_server: Served, ups
     with pytest.raises(openai.AuthenticationError) as unauthenticated:
         openai.OpenAI(base_url=f"{upstream_server.base_url}/v1", api_key="llms_wrong", max_retries=0).models.list()
     with pytest.raises(openai.BadRequestError) as unsupported:
-        client.chat.completions.create(model="gpt-4o-mini", messages=messages, n=2,
-                                       tools=[{"type": "function", "function": {"name": "f"}}])
+        client.chat.completions.create(model="gpt-4o-mini", messages=messages, modalities=["audio"],
+                                       audio={"voice": "alloy", "format": "wav"})
     upstream.enqueue(*[Behaviour(status=500)] * 3)
     with pytest.raises(openai.InternalServerError) as upstream_failed:
         client.chat.completions.create(model="gpt-4o-mini", messages=messages)
@@ -146,7 +147,10 @@ def test_errors_reach_the_sdk_as_its_own_exceptions(upstream_server: Served, ups
     assert unauthenticated.value.status_code == 401
     assert unauthenticated.value.body["code"] == "invalid_api_key"
     assert unsupported.value.body["code"] == "validation_error"
-    assert set(unsupported.value.body["details"]) == {"n", "tools"}
+    assert set(unsupported.value.body["details"]) == {"audio", "modalities"}
+    # The SDKs show only the message: it names what was refused.
+    assert "audio: This server does not support this parameter." in unsupported.value.message
+    assert "modalities: This server does not support this parameter." in unsupported.value.message
     assert upstream_failed.value.status_code == 502 and upstream_failed.value.body["code"] == "upstream_error"
     assert cut_off.value.body["code"] == "upstream_interrupted"
     assert cut_off.value.body["type"] == "server_error"
@@ -207,7 +211,7 @@ def test_x_session_id_names_the_session_in_the_response(alice: Persona, fake_ups
         ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}, {}, "messages"),
         ({"messages": [{"role": "user", "content": "x"}], "temperature": 3}, {}, "temperature"),
         ({"messages": [{"role": "user", "content": "x"}], "stop": ["a", "b", "c", "d", "e"]}, {}, "stop"),
-        ({"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_object"}}, {}, "response_format"),
+        ({"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "xml"}}, {}, "response_format"),
         ({"messages": [{"role": "user", "content": "x"}]}, {"HTTP_X_SESSION_ID": "no spaces allowed"}, "X-Session-Id"),
         ({"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]},
          {"HTTP_X_SESSION_ID": "s"}, "messages"),
