@@ -37,15 +37,23 @@ def _session_id_field(**kwargs: Any) -> StrictCharField:
     return StrictCharField(max_length=128, validators=[session_id_validator], **kwargs)
 
 
+class MemoryFactsField(serializers.ListField):
+    """Memory facts, each trimmed; one that trims to nothing says nothing, and is left out rather
+    than refused (what counts as whitespace differs between regular expression engines, so no
+    schema could say which facts would be refused)."""
+
+    def to_internal_value(self, data: Any) -> list[str]:
+        return [fact for fact in super().to_internal_value(data) if fact]
+
+
 def _memory_field(**kwargs: Any) -> serializers.ListField:
-    return serializers.ListField(
-        # The pattern documents what blank means (only whitespace, trimmed to nothing): a fact of
-        # whitespace is refused as blank, which the schema must say.
-        child=StrictCharField(
-            max_length=2000, validators=[RegexValidator(r"\S", _("A memory fact must not be blank."))]
-        ),
+    return MemoryFactsField(
+        child=StrictCharField(max_length=2000, allow_blank=True),
         max_length=settings.CHAT_MAX_MEMORY_FACTS,
-        help_text="Facts to remember, sent every turn as one system message ('Memory:' then one fact per line).",
+        help_text=(
+            "Facts to remember, sent every turn as one system message ('Memory:' then one fact per line). "
+            "Blank facts are left out."
+        ),
         **kwargs,
     )
 

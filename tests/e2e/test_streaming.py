@@ -93,7 +93,8 @@ def test_a_client_gone_mid_stream_closes_upstream_and_keeps_the_partial_answer(
 
     # Upstream sees its connection closed while it still had words to send (every 0.2 s for 8 s more).
     assert eventually(lambda: upstream.disconnects == 1, timeout=5)
-    messages, usage = eventually(lambda: (lambda s: s if len(s[1]) == 1 else None)(stored(upstream_server, "s-gone")))
+    # The usage record is there from the turn's start (written ahead of the call): wait for the answer.
+    messages, usage = eventually(lambda: (lambda s: s if len(s[0]) == 2 else None)(stored(upstream_server, "s-gone")))
     assert [(m["role"], m["status"], m["error_code"]) for m in messages] == [
         ("user", "incomplete", "client_disconnected"), ("assistant", "incomplete", "client_disconnected"),
     ]
