@@ -22,7 +22,7 @@ from typing import Final
 
 from PIL import Image
 
-__all__ = ["IMAGE_MEDIA_TYPES", "image_size", "parse_data_url"]
+__all__ = ["IMAGE_MEDIA_TYPES", "image_header", "image_size", "parse_data_url"]
 
 # The media types OpenAI accepts for images; its non-animated-GIF rule is upstream's to apply.
 IMAGE_MEDIA_TYPES: Final = frozenset({"image/png", "image/jpeg", "image/gif", "image/webp"})
@@ -60,9 +60,17 @@ def image_size(data: bytes) -> tuple[int, int]:
     Raises ValueError if Pillow cannot read the header as one of those formats, or if the header claims
     more than ``Image.MAX_IMAGE_PIXELS`` pixels. The pixels are never decoded.
     """
+    _media_type, width, height = image_header(data)
+    return width, height
+
+
+def image_header(data: bytes) -> tuple[str, int, int]:
+    """Return (media type, width, height) of a PNG, JPEG, GIF or WebP image, as its header says (not
+    as whoever sent it claims). Raises ValueError as ``image_size`` does."""
     try:
         with Image.open(io.BytesIO(data), formats=_PILLOW_FORMATS) as image:
             width, height = image.size
+            media_type = Image.MIME[image.format]
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         # Pillow refuses more than twice MAX_IMAGE_PIXELS itself (DecompressionBombError), and warns above it
         # (DecompressionBombWarning, raised where warnings are errors); its format plugins raise OSError,
@@ -71,4 +79,4 @@ def image_size(data: bytes) -> tuple[int, int]:
     # Between MAX_IMAGE_PIXELS and twice that, Pillow only warns: refused here all the same.
     if Image.MAX_IMAGE_PIXELS and width * height > Image.MAX_IMAGE_PIXELS:
         raise ValueError(f"the image claims {width}x{height} pixels, more than {Image.MAX_IMAGE_PIXELS}")
-    return width, height
+    return media_type, width, height

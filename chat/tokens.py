@@ -379,11 +379,15 @@ def count_tools_tokens(tools: list[dict], *, model: str) -> int:
         if tool.get("type") != "function" or not isinstance(function, Mapping):
             total += func_init + _count(encoding, _text(tool))
             continue
-        description = (function.get("description") or "").removesuffix(".")
-        total += func_init + _count(encoding, f"{function.get('name') or ''}:{description}")
+        description = _text(function.get("description") or "").removesuffix(".")
+        total += func_init + _count(encoding, f"{_text(function.get('name') or '')}:{description}")
         parameters = function.get("parameters") or {}
+        properties = parameters.get("properties") if isinstance(parameters, Mapping) else None
+        if not isinstance(properties, Mapping) or not all(isinstance(s, Mapping) for s in properties.values()):
+            # Not the shape the rule reads (a client's mistake, for upstream to refuse): its JSON text.
+            total += _count(encoding, _text(parameters))
+            continue
         total += _extra_keys_tokens(encoding, parameters, _PARAMETERS_KEYS_BY_RULE)
-        properties = parameters.get("properties") or {}
         total += prop_init if properties else 0
         for key, schema in properties.items():
             total += prop_key + _extra_keys_tokens(encoding, schema, _PROPERTY_KEYS_BY_RULE)
@@ -391,7 +395,7 @@ def count_tools_tokens(tools: list[dict], *, model: str) -> int:
                 total += enum_init + sum(enum_item + _count(encoding, _text(value)) for value in enum)
             kind = schema.get("type") or ""
             kind = " | ".join(map(str, kind)) if isinstance(kind, list) else kind  # ["string", "null"]
-            description = (schema.get("description") or "").removesuffix(".")
+            description = _text(schema.get("description") or "").removesuffix(".")
             total += _count(encoding, f"{key}:{kind}:{description}")
     return total
 

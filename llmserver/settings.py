@@ -290,7 +290,7 @@ CHAT_MAX_MEMORY_FACTS = number("CHAT_MAX_MEMORY_FACTS", 100, minimum=0)
 CHAT_MAX_HISTORY_IMPORT = number("CHAT_MAX_HISTORY_IMPORT", 500, minimum=0)
 # One image of a message (a data URL's decoded bytes); stored once per key however often it is sent.
 CHAT_MAX_IMAGE_BYTES = number("CHAT_MAX_IMAGE_BYTES", 5 * 1024 * 1024, minimum=1)
-CHAT_MAX_IMAGE_URL_CHARS = number("CHAT_MAX_IMAGE_URL_CHARS", 8192, minimum=1)
+CHAT_MAX_PROMPT_IMAGE_BYTES = number("CHAT_MAX_PROMPT_IMAGE_BYTES", 20 * 1024 * 1024, minimum=0)  # replayed per turn
 
 # --- Serving --------------------------------------------------------------------------------
 SERVER_HOST = env.str("SERVER_HOST", default="127.0.0.1")
@@ -312,6 +312,7 @@ OPENAI_BASE_URL = env.str("OPENAI_BASE_URL", default="")
 LLM_DEFAULT_MODEL = env.str("LLM_DEFAULT_MODEL", default="")
 LLM_TIMEOUT_SECONDS = number("LLM_TIMEOUT_SECONDS", 60.0, minimum=0.001, maximum=86_400)
 LLM_MAX_RETRIES = number("LLM_MAX_RETRIES", 2, minimum=0, maximum=10)
+LLM_MODEL_LIST_SECONDS = number("LLM_MODEL_LIST_SECONDS", 300.0, minimum=0, maximum=86_400)  # upstream's /models kept
 
 
 # Context windows for models the built-in table does not know (local models, new releases),

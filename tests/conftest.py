@@ -89,4 +89,6 @@ def fake_upstream(fake_upstream_server: FakeUpstream, settings: pytest.FixtureRe
     settings.OPENAI_BASE_URL = fake_upstream_server.base_url
     settings.OPENAI_API_KEY = UPSTREAM_TEST_KEY
     settings.LLM_DEFAULT_MODEL = "gpt-4o-mini"
+    # Tests change the fake upstream's model list: ask it every time.
+    settings.LLM_MODEL_LIST_SECONDS = 0
     return fake_upstream_server

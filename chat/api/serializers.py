@@ -13,7 +13,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from chat.models import ApiKey, Message, UsageRecord
-from chat.sessions.content import ContentInvalid, ImageInput, image_input
+from chat.sessions.content import MAX_IMAGES_PER_MESSAGE, ContentInvalid, ImageInput, image_input
 from chat.sessions.ids import session_id_validator
 from chat.turns.options import MAX_TOOLS, ResponseFormatField, ToolChoiceField, tools_field
 from chat.turns.steps import DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE
@@ -58,9 +58,6 @@ def _memory_field(**kwargs: Any) -> serializers.ListField:
     )
 
 
-# Enough for the largest image as a data URL (base64 is a third larger than the bytes).
-MAX_IMAGE_FIELD_CHARS = settings.CHAT_MAX_IMAGE_BYTES * 4 // 3 + 100
-MAX_IMAGES_PER_MESSAGE = 16
 
 
 class ToolResultSerializer(serializers.Serializer):
@@ -83,7 +80,8 @@ class ChatRequestSerializer(serializers.Serializer):
         help_text="The new message. Required, unless tool_results answer the last answer's tool calls instead.",
     )
     images = serializers.ListField(
-        child=StrictCharField(max_length=MAX_IMAGE_FIELD_CHARS), required=False, default=list,
+        # No length of its own: the request's size bounds it, and image_input says what is too large.
+        child=StrictCharField(), required=False, default=list,
         max_length=MAX_IMAGES_PER_MESSAGE,
         help_text="Images sent with user_message: http(s) URLs or data URLs (data:image/png;base64,...).",
     )

@@ -187,7 +187,8 @@ def _replayed(stored: idempotency.StoredResponse, *, stream: bool) -> HttpRespon
         return Response(stored.body, status=stored.status, headers=headers)
 
     async def events() -> AsyncIterator[bytes]:
-        yield sse_event({"delta": stored.body["response_text"]}, event="delta")
+        if stored.body["response_text"]:  # an answer of tool calls only has no text to send
+            yield sse_event({"delta": stored.body["response_text"]}, event="delta")
         yield sse_event(stored.body, event="done")
 
     return event_stream_response(events(), headers=headers)

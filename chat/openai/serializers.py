@@ -7,7 +7,14 @@ from django.utils.translation import gettext_lazy as _
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from chat.sessions.content import ContentInvalid, ContentPart, image_input, parts_text
+from chat.sessions.content import (
+    MAX_IMAGES_PER_MESSAGE,
+    ContentInvalid,
+    ContentPart,
+    ImageInput,
+    image_input,
+    parts_text,
+)
 from chat.turns.options import ResponseFormatField, ToolChoiceField, tools_field
 from chat.turns.steps import NewMessage
 from llmserver.http.fields import (
@@ -69,7 +76,8 @@ class MessageField(serializers.Field):
             "function with a name and arguments (strings)."
         ),
         "tool_call_id": _("A tool message needs the tool_call_id of the call it answers; no other message has one."),
-        "name": _("A message's name is a string of at most 64 characters."),
+        "name": _("A message's name is a string of at most 64 printable characters."),
+        "images": _("A message may carry at most %(limit)d images."),
     }
 
     def _error(self, key: str, **values: Any) -> serializers.ValidationError:
@@ -96,7 +104,7 @@ class MessageField(serializers.Field):
         if (role == "tool") != bool(tool_call_id) or not isinstance(tool_call_id, str) or len(tool_call_id) > 128:
             raise self._error("tool_call_id")
         name = data.get("name") or ""
-        if not isinstance(name, str) or len(name) > MAX_NAME_LENGTH:
+        if not isinstance(name, str) or len(name) > MAX_NAME_LENGTH or not name.isprintable():
             raise self._error("name")
         if "content" not in data and not (role == "assistant" and tool_calls):
             raise self._error("invalid")
@@ -122,6 +130,8 @@ class MessageField(serializers.Field):
             if kind == "text" and isinstance(part.get("text"), str) and set(part) <= {"type", "text"}:
                 parts.append(part["text"])
             elif kind == "image_url" and role == "user" and isinstance(part.get("image_url"), dict):
+                if sum(isinstance(p, ImageInput) for p in parts) == MAX_IMAGES_PER_MESSAGE:
+                    raise self._error("images", limit=MAX_IMAGES_PER_MESSAGE)
                 image = part["image_url"]
                 try:
                     parts.append(image_input(image.get("url"), image.get("detail")))

@@ -19,7 +19,6 @@ from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_sche
 from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
-from rest_framework.views import APIView
 
 from chat.exceptions import ModelNotFound
 from chat.openai.serializers import ChatCompletionRequestSerializer, OpenAIModelSerializer
@@ -52,11 +51,6 @@ class OpenAIView(AsyncApiView):
         return openai_exception_handler
 
 
-class OpenAISyncView(APIView):
-    def get_exception_handler(self):  # type: ignore[no-untyped-def]
-        return openai_exception_handler
-
-
 def _stateless_turn(data: dict[str, Any], *, max_tokens: int | None, temperature: float) -> StatelessTurnInput:
     return StatelessTurnInput(
         messages=[message.upstream() for message in data["messages"]], model=data["model"], max_tokens=max_tokens,
@@ -73,8 +67,9 @@ def _session_turn(
 ) -> ChatTurnInput:
     """The client's messages onto a stored session: its system messages set the persona (as
     `role` does on /api/v1/chat); what comes after the last assistant message is the new turn (a
-    user's message, or the results of the stored answer's tool calls); anything before it is
-    earlier history, imported only into a session that has none."""
+    user's message, the results of the stored answer's tool calls, or those results and then a
+    user's message); anything before it is earlier history, imported only into a session that has
+    none."""
     messages: list[NewMessage] = data["messages"]
     if (data.get("n") or 1) > 1:
         raise InvalidInput(
@@ -84,23 +79,25 @@ def _session_turn(
     persona = "\n\n".join(m.content for m in messages if m.role == "system")
     conversation = [m for m in messages if m.role != "system"]
     new_start = len(conversation)
+    if new_start and conversation[-1].role == "user":
+        new_start -= 1
     while new_start > 0 and conversation[new_start - 1].role == "tool":
         new_start -= 1
-    if new_start == len(conversation):
-        new_start -= 1
     new, earlier = conversation[new_start:], conversation[:new_start]
-    if not new or (new[0].role != "tool" and new[-1].role != "user"):
+    user = new[-1] if new and new[-1].role == "user" else None
+    results = tuple(message for message in new if message.role == "tool")
+    if not new:
         raise InvalidInput(
             _("With X-Session-Id the last message must be the user's new message, or the results of the tool calls."),
             details={"messages": [_("The last message must have role 'user' or 'tool'.")]},
         )
-    if new[0].role == "user" and not new[0].content.strip() and not new[0].parts:
+    if user is not None and not user.content.strip() and not user.images:
         raise InvalidInput(details={"messages": [_("user message cannot be empty")]})
     return ChatTurnInput(
-        user_message=new[0].content if new[0].role == "user" else "",
-        user_parts=new[0].parts if new[0].role == "user" else None,
-        user_name=new[0].name if new[0].role == "user" else "",
-        tool_results=tuple(new) if new[0].role == "tool" else (),
+        user_message=user.content if user else "",
+        user_parts=user.parts if user else None,
+        user_name=user.name if user else "",
+        tool_results=results,
         session_id=session_id,
         system_prompt=persona,
         model=data["model"],
@@ -180,7 +177,13 @@ class ChatCompletionsView(OpenAIView):
         )
 
 
-class ModelListView(OpenAISyncView):
+async def _models_of(request: Request) -> list[str]:
+    """What the key may use; for a key the server does not restrict, what its upstream serves."""
+    upstream = upstream_choose(api_key=request.auth, user_key="", free_mode=False)
+    return models_usable_by(request.auth, upstream_models=await upstream.provider.list_models())
+
+
+class ModelListView(OpenAIView):
     @extend_schema(
         operation_id="openai_models_list",
         summary="The models this key can use (OpenAI-compatible).",
@@ -191,19 +194,19 @@ class ModelListView(OpenAISyncView):
             **{code: OPENAI_ERROR for code in (401, 403)},
         },
     )
-    def get(self, request: Request) -> Response:
-        return Response({"object": "list", "data": [model_object(name) for name in models_usable_by(request.auth)]})
+    async def get(self, request: Request) -> Response:
+        return Response({"object": "list", "data": [model_object(name) for name in await _models_of(request)]})
 
 
-class ModelDetailView(OpenAISyncView):
+class ModelDetailView(OpenAIView):
     @extend_schema(
         operation_id="openai_models_retrieve",
         summary="One model this key can use (OpenAI-compatible).",
         tags=["openai"],
         responses={200: OpenAIModelSerializer, **{code: OPENAI_ERROR for code in (401, 403, 404)}},
     )
-    def get(self, request: Request, model: str) -> Response:
-        if model not in models_usable_by(request.auth):
+    async def get(self, request: Request, model: str) -> Response:
+        if model not in await _models_of(request):
             raise ModelNotFound(
                 _("The model %(model)s does not exist or this key may not use it.") % {"model": model},
                 details={"model": model},

@@ -57,6 +57,10 @@ class ChatProvider(Protocol):
 
     name: str
 
+    async def list_models(self) -> list[str] | None:
+        """The models this upstream serves, as it says; None when it cannot say."""
+        ...
+
     async def complete(self, request: CompletionRequest) -> Completion:
         """The whole answer at once."""
         ...

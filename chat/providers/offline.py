@@ -33,27 +33,37 @@ def example_of(schema: Any, defs: dict[str, Any] | None = None, depth: int = 0) 
     minimum of a number, one item of an array, every property of an object."""
     if not isinstance(schema, dict) or depth > 8:
         return None
-    defs = {**(defs or {}), **schema.get("$defs", {}), **schema.get("definitions", {})}
-    if "$ref" in schema:
+    defs = dict(defs or {})
+    for key in ("$defs", "definitions"):
+        if isinstance(schema.get(key), dict):
+            defs.update(schema[key])
+    if isinstance(schema.get("$ref"), str):
         return example_of(defs.get(schema["$ref"].rsplit("/", 1)[-1]), defs, depth + 1)
     for key in ("anyOf", "oneOf", "allOf"):
-        if schema.get(key):
+        if isinstance(schema.get(key), list) and schema[key]:
             return example_of(schema[key][0], defs, depth + 1)
     if "const" in schema:
         return schema["const"]
-    if schema.get("enum"):
+    if isinstance(schema.get("enum"), list) and schema["enum"]:
         return schema["enum"][0]
     kind = schema.get("type", "object" if "properties" in schema else "string")
     if isinstance(kind, list):
         kind = next((k for k in kind if k != "null"), "null")
     if kind == "object":
-        return {name: example_of(sub, defs, depth + 1) for name, sub in schema.get("properties", {}).items()}
+        properties = schema.get("properties")
+        return {str(name): example_of(sub, defs, depth + 1) for name, sub in properties.items()} if isinstance(
+            properties, dict) else {}
     if kind == "array":
         return [example_of(schema.get("items", {}), defs, depth + 1)]
     if kind in ("integer", "number"):
-        value = schema.get("minimum", schema["exclusiveMinimum"] + 1 if "exclusiveMinimum" in schema else 0)
+        low, above = schema.get("minimum"), schema.get("exclusiveMinimum")
+        value = low if _is_number(low) else above + 1 if _is_number(above) else 0
         return int(value) if kind == "integer" else float(value)
-    return {"boolean": True, "null": None}.get(kind, "example")
+    return {"boolean": True, "null": None}.get(kind, "example") if isinstance(kind, str) else None
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and abs(value) < 1e15
 
 
 def _tool_to_call(request: CompletionRequest) -> dict[str, Any] | None:
@@ -136,6 +146,9 @@ class OfflineProvider:
             usage_estimated=False,
             finish_reason=finish_reason,
         )
+
+    async def list_models(self) -> list[str] | None:
+        return [OFFLINE_MODEL_NAME]
 
     async def complete(self, request: CompletionRequest) -> Completion:
         return self._answer(request)

@@ -21,6 +21,7 @@ import hashlib
 import logging
 import math
 import random
+import time
 import weakref
 from collections.abc import AsyncIterator
 from datetime import datetime
@@ -29,6 +30,7 @@ from typing import Any
 
 import httpx2
 import openai
+from django.conf import settings
 from django.utils.translation import gettext_lazy as _
 
 from chat import tokens
@@ -59,6 +61,9 @@ _clients: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[Any, 
 MAX_CONNECT_TIMEOUT_SECONDS = 10.0
 # Matches the model columns; a longer name reported by upstream is cut.
 MAX_MODEL_NAME_LENGTH = 200
+# Upstream's model lists, kept LLM_MODEL_LIST_SECONDS (per process: a miss costs one quick call),
+# by (base URL, hash of the key).
+_model_lists: dict[tuple[str | None, str], tuple[float, list[str]]] = {}
 # Usage numbers whose sum is at or above this are not believed (it would overflow the token columns).
 MAX_REPORTED_TOKENS = 2**31 - 1
 
@@ -142,6 +147,10 @@ def upstream_error_from(exc: Exception, *, key_origin: str = KEY_FROM_SERVER) ->
         if isinstance(exc, openai.RateLimitError):
             retry_after = _retry_after_seconds(exc.response.headers) or 1
             return UpstreamRateLimited(details=details, retry_after=min(max(retry_after, 1), MAX_RETRY_AFTER_PASSED_ON))
+        if exc.status_code in RETRYABLE_STATUSES:
+            # Asked again already (retry_wait_seconds): passed on as they are, 408 and 409 would be
+            # asked again by the client's SDK too. Upstream failed to answer: that is our 502/504.
+            return UpstreamTimeout(details=details) if exc.status_code == 408 else UpstreamError(details=details)
         if 400 <= exc.status_code < 500:
             return rejection_from(exc)
         return UpstreamError(details=details)
@@ -205,6 +214,25 @@ class OpenAICompatibleProvider:
 
     def _error(self, exc: Exception) -> UpstreamError:
         return upstream_error_from(exc, key_origin=self._key_origin)
+
+    async def list_models(self) -> list[str] | None:
+        """The ids of the models upstream says it serves (GET /models), asked at most once every
+        LLM_MODEL_LIST_SECONDS per upstream and key; None when it could not say (unreachable, refused,
+        or an answer that is not a model list)."""
+        cache_key = (self._base_url, hashlib.sha256(self._api_key.encode()).hexdigest())
+        cached = _model_lists.get(cache_key)
+        now = time.monotonic()
+        if cached is not None and now - cached[0] < settings.LLM_MODEL_LIST_SECONDS:
+            return cached[1]
+        try:
+            response = await self._client().get("/models", cast_to=httpx2.Response)
+            entries = response.json()["data"]
+            models = [entry["id"] for entry in entries if isinstance(entry.get("id"), str) and entry["id"].strip()]
+        except (openai.OpenAIError, httpx2.HTTPError, ValueError, KeyError, TypeError, AttributeError):
+            return None
+        models = [model[:MAX_MODEL_NAME_LENGTH] for model in models]
+        _model_lists[cache_key] = (now, models)
+        return models
 
     async def key_is_valid(self) -> bool | None:
         """One cheap call (list models) to check the key: True if upstream accepts it, False if it

@@ -17,6 +17,7 @@ import openai
 from django.utils.translation import gettext_lazy as _
 
 from chat.exceptions import UpstreamBadResponse, UpstreamError
+from llmserver.http.parsers import storable
 
 NOT_A_STREAM = _("The model provider answered a streamed request with something that is not a stream.")
 UNREADABLE_CHUNK = _("The model provider sent a part of its streamed answer that could not be read.")
@@ -88,7 +89,12 @@ class ToolCallPieces:
         calls = tuple(self._calls[index] for index in sorted(self._calls))
         if any(not call["id"] or not call["function"]["name"] for call in calls):
             raise UpstreamBadResponse(UNREADABLE_CHUNK)
-        return calls
+        # What a database column cannot hold (a NUL) is replaced, as in the answer's text.
+        return tuple(
+            {"id": storable(call["id"]), "type": "function", "function": {
+                "name": storable(call["function"]["name"]), "arguments": storable(call["function"]["arguments"])}}
+            for call in calls
+        )
 
 
 def _tool_call_pieces(pieces: Any) -> tuple[dict[str, Any], ...]:

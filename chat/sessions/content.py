@@ -10,7 +10,7 @@ A message is one of:
 - a tool's result (role `tool`, `tool_call_id` naming the call it answers).
 
 Stored parts: `{"type": "text", "text"}`, `{"type": "image", "sha256", "media_type", "detail", "width",
-"height"}` and `{"type": "image_url", "url", "detail"}`. The image's size is kept in the part so that
+"height", "bytes"}` and `{"type": "image_url", "url", "detail"}`. The image's size is kept in the part so that
 the message's tokens can be counted again (under another model's encoding) without reading the image.
 """
 
@@ -19,6 +19,7 @@ import hashlib
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
+from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.utils.translation import gettext as _
@@ -26,6 +27,9 @@ from django.utils.translation import gettext as _
 from chat import images, tokens
 
 IMAGE_DETAILS = ("auto", "low", "high")
+MAX_IMAGE_URL_CHARS = 8192
+# The most images one message may carry (each is decoded and checked while the request is read).
+MAX_IMAGES_PER_MESSAGE = 16
 
 
 class ContentInvalid(ValueError):
@@ -62,15 +66,20 @@ def image_input(url: Any, detail: Any = "auto") -> ImageInput:
     if not isinstance(url, str) or not url:
         raise ContentInvalid(_("An image is given by its URL: an http(s) URL or a data URL."))
     if url.startswith(("https://", "http://")):
-        if len(url) > settings.CHAT_MAX_IMAGE_URL_CHARS:
-            raise ContentInvalid(
-                _("An image URL may have at most %(limit)d characters.") % {"limit": settings.CHAT_MAX_IMAGE_URL_CHARS}
-            )
+        try:
+            host = urlsplit(url).hostname
+        except ValueError:  # a malformed address, such as an unclosed IPv6 bracket
+            host = None
+        if not host or any(ord(c) < 0x21 or 0x7F <= ord(c) <= 0x9F for c in url):
+            raise ContentInvalid(_("An image URL must name a host, and contain no spaces or control characters."))
+        if len(url) > MAX_IMAGE_URL_CHARS:
+            limit = {"limit": MAX_IMAGE_URL_CHARS}
+            raise ContentInvalid(_("An image URL may have at most %(limit)d characters.") % limit)
         return ImageInput(detail=detail, url=url)
     if not url.startswith("data:"):
         raise ContentInvalid(_("An image is given by its URL: an http(s) URL or a data URL."))
     try:
-        media_type, data = images.parse_data_url(url)
+        _claimed_type, data = images.parse_data_url(url)
     except ValueError:
         raise ContentInvalid(
             _("An image data URL must be data:image/png, jpeg, gif or webp;base64, then the image in base64.")
@@ -81,7 +90,8 @@ def image_input(url: Any, detail: Any = "auto") -> ImageInput:
             % {"limit": settings.CHAT_MAX_IMAGE_BYTES, "size": len(data)}
         )
     try:
-        width, height = images.image_size(data)
+        # The type the image's own header says: stored, served and sent upstream as what it is.
+        media_type, width, height = images.image_header(data)
     except ValueError:
         raise ContentInvalid(_("An image data URL does not hold an image that can be read.")) from None
     return ImageInput(detail=detail, data=data, media_type=media_type, width=width, height=height)
@@ -106,13 +116,18 @@ def stored_parts(parts: list[ContentPart]) -> list[dict[str, Any]]:
         else:
             stored.append({
                 "type": "image", "sha256": part.sha256, "media_type": part.media_type, "detail": part.detail,
-                "width": part.width, "height": part.height,
+                "width": part.width, "height": part.height, "bytes": len(part.data),
             })
     return stored
 
 
 def stored_image_hashes(parts: list[dict[str, Any]] | None) -> list[str]:
     return [part["sha256"] for part in parts or () if part["type"] == "image"]
+
+
+def stored_image_bytes(parts: list[dict[str, Any]] | None) -> int:
+    """What the message's stored images weigh, sent upstream again each time it is replayed."""
+    return sum(part.get("bytes", 0) for part in parts or () if part["type"] == "image")
 
 
 def message_tokens(

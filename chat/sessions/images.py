@@ -1,9 +1,11 @@
 """Images of messages: stored once per key by their SHA-256, read back by hash."""
 
 from django.db import IntegrityError, transaction
+from django.db.models import TextField
+from django.db.models.functions import Cast
 
 from chat.exceptions import ImageNotFound
-from chat.models import ApiKey, StoredImage
+from chat.models import ApiKey, Message, StoredImage
 from chat.sessions.content import ImageInput, data_url
 
 
@@ -29,6 +31,20 @@ def images_store(*, api_key_id: int, images: list[ImageInput]) -> None:
         except IntegrityError:
             if not StoredImage.objects.filter(api_key_id=api_key_id, sha256=sha256).exists():
                 raise
+
+
+def images_forget_unused(*, api_key_id: int, hashes: set[str]) -> int:
+    """Delete those of the key's images named that no message of its sessions refers to any more
+    (after a session was deleted). Returns how many were deleted."""
+    if not hashes:
+        return 0
+    still_used = {
+        sha256 for sha256 in hashes
+        if Message.objects.filter(session__api_key_id=api_key_id, parts__isnull=False)
+        .annotate(parts_text=Cast("parts", TextField())).filter(parts_text__contains=sha256).exists()
+    }
+    deleted, _by_model = StoredImage.objects.filter(api_key_id=api_key_id, sha256__in=hashes - still_used).delete()
+    return deleted
 
 
 def image_data_urls(*, api_key_id: int, hashes: list[str]) -> dict[str, str]:

@@ -10,7 +10,9 @@ from django.utils.translation import gettext as _
 
 from chat.exceptions import SessionAlreadyExists, SessionBusy
 from chat.models import ApiKey, ChatSession, UsageRecord
+from chat.sessions.content import stored_image_hashes
 from chat.sessions.ids import new_session_public_id
+from chat.sessions.images import images_forget_unused
 from chat.sessions.lease import lease_held
 from chat.upstreams.selectors import model_check, model_default_for
 from llmserver.http.errors import InvalidInput
@@ -100,4 +102,10 @@ def session_delete(*, session: ChatSession) -> None:
             return
         if lease_held(locked.turn_heartbeat_at, now=timezone.now()):
             raise SessionBusy(details={"session_id": session.public_id}, retry_after=1)
+        hashes = {
+            sha256 for parts in locked.messages.filter(parts__isnull=False).values_list("parts", flat=True)
+            for sha256 in stored_image_hashes(parts)
+        }
         locked.delete()
+        # Its images go with it, unless another of the key's sessions still shows them.
+        images_forget_unused(api_key_id=locked.api_key_id, hashes=hashes)

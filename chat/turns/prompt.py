@@ -257,12 +257,19 @@ def build_prompt(
 
     chosen: list[HistoryMessage] = []
     truncated = False
+    # Images are budgeted by their bytes too: at low detail a large image costs few tokens, but it
+    # is sent again, whole, on every turn that replays it.
+    image_room = settings.CHAT_MAX_PROMPT_IMAGE_BYTES - content.stored_image_bytes(
+        answered_calls.parts if answered_calls else None
+    )
     for unit in _replayable_units(history_newest_first):
         size = sum(size_of(message) for message in unit)
-        if used + size > budget:
+        image_bytes = sum(content.stored_image_bytes(message.parts) for message in unit)
+        if used + size > budget or image_bytes > image_room:
             truncated = True
             break
         used += size
+        image_room -= image_bytes
         chosen.extend(reversed(unit))
     chosen.reverse()
     if answered_calls is not None:

@@ -344,16 +344,26 @@ async def chat_turn_run(
                          upstream_started=upstream_started)
 
 
-def _partial_completion(prepared: PreparedTurn, text: str) -> Completion:
-    """What a stream cut short generated, by our own count: upstream reports usage only at the end."""
+def _partial_completion(prepared: PreparedTurn, text: str, written: str) -> Completion:
+    """What a stream cut short generated, by our own count: upstream reports usage only at the end.
+    `text` is the answer's text (what is stored); `written`, all it wrote, tool calls' pieces too
+    (what is counted: a tool call cut short is not stored, but it was written, and paid for)."""
     return Completion(
         text=text,
         model=prepared.model,
         prompt_tokens=prepared.prompt.prompt_tokens,
-        completion_tokens=tokens.count_text_tokens(text, model=prepared.model),
+        completion_tokens=tokens.count_text_tokens(written, model=prepared.model),
         usage_estimated=True,
         finish_reason=None,
     )
+
+
+def _written(piece: StreamDelta) -> str:
+    """All a piece of a stream wrote: its text, and its tool calls' names and arguments."""
+    if not piece.tool_calls:
+        return piece.text
+    function_pieces = (call.get("function") or {} for call in piece.tool_calls)
+    return piece.text + "".join((f.get("name") or "") + (f.get("arguments") or "") for f in function_pieces)
 
 
 async def chat_turn_stream(
@@ -374,12 +384,15 @@ async def chat_turn_stream(
     # consumer, not the upstream read.
     deadline = asyncio.get_running_loop().time() + upstream_deadline_seconds()
     pieces = upstream.provider.stream(prepared.completion_request())
+    # The answer's text, and everything written (tool calls' pieces too): what a cut-short answer
+    # stores, and what it is counted by (the lease's renewals count it too, for the sweep).
     parts: list[str] = []
+    written: list[str] = []
     completion: Completion | None = None
     metrics.active_streams.inc()
     try:
         with _running_turn():
-            async with _kept_alive(prepared, parts):
+            async with _kept_alive(prepared, written):
                 while completion is None:
                     try:
                         async with asyncio.timeout_at(deadline):
@@ -393,18 +406,20 @@ async def chat_turn_stream(
                         completion = piece
                     else:
                         parts.append(piece.text)
+                        written.append(_written(piece))
                         yield piece
     except BaseException as exc:
         metrics.active_streams.dec()
         # Stop reading upstream now (closing its response), not when the generator is collected.
         await pieces.aclose()
         latency_ms = _elapsed_ms(upstream_started)
-        if not parts:
+        if not written:
             await _end_failed(prepared=prepared, upstream=upstream, exc=exc, latency_ms=latency_ms)
             raise
         cut_short_by = _error_code_of(exc)
         await _end_answered(
-            prepared=prepared, upstream=upstream, completion=_partial_completion(prepared, "".join(parts)),
+            prepared=prepared, upstream=upstream,
+            completion=_partial_completion(prepared, "".join(parts), "".join(written)),
             latency_ms=latency_ms,
             cut_short_by=cut_short_by,
         )

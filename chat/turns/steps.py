@@ -102,16 +102,18 @@ class ChatTurnInput:
     # The user's message as texts and images, when it is more than `user_message`'s text.
     user_parts: tuple[ContentPart, ...] | None = None
     user_name: str = ""
-    # Instead of a user's message: the results of the tool calls of the session's last answer.
+    # The results of the tool calls of the session's last answer: instead of a user's message, or
+    # before it (a client that answers the calls and asks on in one request).
     tool_results: tuple[NewMessage, ...] = ()
     # The client sends its whole conversation every time (the OpenAI-compatible API's clients, agent
     # frameworks): earlier messages ignored for a session with history are expected, not warned of.
     history_resent: bool = False
 
     def new_messages(self) -> list[NewMessage]:
-        if self.tool_results:
+        if self.tool_results and not (self.user_message or self.user_parts):
             return list(self.tool_results)
-        return [NewMessage(role="user", content=self.user_message, parts=self.user_parts, name=self.user_name)]
+        user = NewMessage(role="user", content=self.user_message, parts=self.user_parts, name=self.user_name)
+        return [*self.tool_results, user]
 
 
 @dataclass(frozen=True)
@@ -203,11 +205,18 @@ def _answered_calls(*, session_pk: int, results: list[NewMessage]) -> HistoryMes
             _("No tool call of this session's last answer has the id %(ids)s.") % {"ids": ", ".join(unknown)},
             details={"unknown_tool_call_ids": unknown, "tool_call_ids": sorted(answer.call_ids)},
         )
+    duplicated = sorted({call_id for call_id in given if given.count(call_id) > 1})
+    if duplicated:
+        raise ToolResultsMismatch(
+            _("Send one result for each tool call; these ids have more than one: %(ids)s.")
+            % {"ids": ", ".join(duplicated)},
+            details={"duplicate_tool_call_ids": duplicated, "tool_call_ids": sorted(answer.call_ids)},
+        )
     missing = sorted(answer.call_ids - set(given))
-    if missing or len(given) != len(set(given)):
+    if missing:
         raise ToolResultsMismatch(
             _("Send one result for each tool call of this session's last answer; missing: %(ids)s.")
-            % {"ids": ", ".join(missing) or "-"},
+            % {"ids": ", ".join(missing)},
             details={"missing_tool_call_ids": missing, "tool_call_ids": sorted(answer.call_ids)},
         )
     return answer
@@ -314,7 +323,7 @@ def chat_turn_begin(
 
         new_messages = turn.new_messages()
         answered_calls = (
-            _answered_calls(session_pk=session.pk, results=new_messages) if turn.tool_results else None
+            _answered_calls(session_pk=session.pk, results=list(turn.tool_results)) if turn.tool_results else None
         )
         window_room, reserved_room = answer_room(model=session.model, max_tokens=turn.max_tokens)
         # A key out of tokens or budget is refused before the history is read (a long session's

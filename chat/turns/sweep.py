@@ -15,7 +15,7 @@ import random
 from datetime import datetime
 
 from django.db import transaction
-from django.db.models import F
+from django.db.models import F, Min
 from django.utils import timezone
 
 from chat.models import ChatSession, Message, UsageRecord
@@ -59,10 +59,17 @@ def _close(*, record: UsageRecord, now: datetime, dead_before: datetime) -> bool
         return False
     if record.user_message_id is not None:
         # The turn's new messages: its first (the user's, or its first tool result) and those stored
-        # after it with it, while the turn held the session's lease; all still pending.
-        Message.objects.filter(
+        # after it with it, while the turn held the session's lease; all still pending. A later turn,
+        # which took the lease once it was dead, stored its own after them: those are not this one's.
+        later_turn_first = UsageRecord.objects.filter(
+            session_id=record.session_id, user_message_id__gt=record.user_message_id
+        ).aggregate(first=Min("user_message_id"))["first"]
+        turn_messages = Message.objects.filter(
             session_id=record.session_id, pk__gte=record.user_message_id, status=Message.Status.PENDING
-        ).update(
+        )
+        if later_turn_first is not None:
+            turn_messages = turn_messages.filter(pk__lt=later_turn_first)
+        turn_messages.update(
             status=Message.Status.FAILED, error_code=INTERRUPTED
         )
     if record.session_id is not None:

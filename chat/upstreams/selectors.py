@@ -16,16 +16,20 @@ def model_default_for(api_key: ApiKey) -> str:
     return default_model()
 
 
-def models_usable_by(api_key: ApiKey) -> list[str]:
+def models_usable_by(api_key: ApiKey, *, upstream_models: list[str] | None = None) -> list[str]:
     """The models this key can use with the server's upstream, as far as the server knows (what
     /v1/models lists): its allow-list, narrowed to what its upstream credential serves when
-    that is known; else what the credential serves; else the server's default model (such a
-    key may still ask for any model its upstream serves). `model_check` enforces the same."""
+    that is known; else what the credential serves; else its default model and whatever its
+    upstream says it serves (`upstream_models`, when it could say). `model_check` enforces the
+    same rules."""
     credential = api_key.upstream_credential
     served = credential.served_models if credential is not None else []
     if api_key.allowed_models:
         return [model for model in api_key.allowed_models if not served or model in served]
-    return list(served) or [default_model()]
+    if served:
+        return list(served)
+    default = model_default_for(api_key)
+    return [default, *(model for model in upstream_models or () if model != default)]
 
 
 def model_check(*, api_key: ApiKey, model: str, key_source: str) -> None:

@@ -8,6 +8,7 @@ Django would otherwise read it as empty.
 """
 
 import json
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -49,6 +50,22 @@ class RequestBodyLimit:
         await self.app(scope, receive, send)
 
 
+def _cors_headers(scope: Scope) -> list[tuple[bytes, bytes]]:
+    """What the CORS middleware (which this answer never reaches) would add, so that a browser app
+    can read why its upload was refused: the same origins, the same exposed headers."""
+    origin = dict(scope["headers"]).get(b"origin", b"").decode("latin-1")
+    if not origin or not re.match(settings.CORS_URLS_REGEX, scope["path"]):
+        return []
+    if settings.CORS_ALLOW_ALL_ORIGINS:
+        allowed = "*"
+    elif origin in settings.CORS_ALLOWED_ORIGINS:
+        allowed = origin
+    else:
+        return []
+    return [(b"access-control-allow-origin", allowed.encode("latin-1")), (b"vary", b"origin"),
+            (b"access-control-expose-headers", ", ".join(settings.CORS_EXPOSE_HEADERS).encode())]
+
+
 async def _refuse(scope: Scope, send: Send, status: int, error_code: str, message: Any) -> None:
     """Answer in the error shape of the API the address belongs to (OpenAI's under /v1/, so that
     its SDKs raise their usual exceptions; ours elsewhere), in the language the client asked for,
@@ -68,6 +85,7 @@ async def _refuse(scope: Scope, send: Send, status: int, error_code: str, messag
             (b"content-type", b"application/json"),
             (b"content-length", str(len(payload)).encode()),
             (b"connection", b"close"),
+            *_cors_headers(scope),
         ],
     })
     await send({"type": "http.response.body", "body": payload})

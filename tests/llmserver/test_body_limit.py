@@ -80,3 +80,20 @@ def test_elsewhere_the_refusals_keep_the_servers_own_shape(settings: Any) -> Non
         "success": False, "error_code": "length_required",
         "error_message": "Send the request body with a Content-Length header.", "details": {},
     })
+
+
+def test_a_browser_app_can_read_why_its_upload_was_refused(settings: Any) -> None:
+    """The refusal comes before the CORS middleware: it carries the same CORS headers itself."""
+    settings.MAX_REQUEST_BYTES = 1000
+    settings.CORS_ALLOW_ALL_ORIGINS, settings.CORS_ALLOWED_ORIGINS = False, ["https://app.example"]
+
+    _status, listed, _body = refusal("/v1/chat/completions", (b"content-length", b"1001"),
+                                     (b"origin", b"https://app.example"))
+    _status, unlisted, _body = refusal("/v1/chat/completions", (b"content-length", b"1001"),
+                                       (b"origin", b"https://evil.example"))
+    _status, admin, _body = refusal("/admin/login/", (b"content-length", b"1001"), (b"origin", b"https://app.example"))
+
+    assert listed[b"access-control-allow-origin"] == b"https://app.example"
+    assert b"X-Session-Id" in listed[b"access-control-expose-headers"]
+    assert b"access-control-allow-origin" not in unlisted
+    assert b"access-control-allow-origin" not in admin

@@ -111,6 +111,8 @@ def serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
             "SERVER_PORT": str(port),
             "WEB_CONCURRENCY": "2",
             "ACCESS_LOG": "false",
+            # Tests change the fake upstream's model list: ask it every time.
+            "LLM_MODEL_LIST_SECONDS": "0",
             "DATABASE_URL": f"sqlite:///{workdir / 'db.sqlite3'}",
             **extra_env,
         })

@@ -32,3 +32,18 @@ def test_an_unknown_model_upstream_refuses_is_its_404_with_its_words_in_the_deta
     }
     assert len(fake_upstream.requests) == 1
     assert list(UsageRecord.objects.values_list("outcome", "error_code")) == [("failed", "upstream_rejected_request")]
+
+
+def test_an_upstream_408_or_409_asked_again_in_vain_is_not_passed_on_for_the_client_to_ask_again(
+    alice: Persona, fake_upstream: FakeUpstream, settings
+) -> None:
+    """The server asks again after 408 and 409 itself (they are upstream's, not the request's
+    fault): passed on as they are, the client's SDK would ask again as well."""
+    settings.LLM_MAX_RETRIES = 0
+    fake_upstream.enqueue(Behaviour(status=409), Behaviour(status=408))
+
+    conflict = alice.client.post("/api/v1/chat", {"user_message": "Hi"}, format="json")
+    timeout = alice.client.post("/api/v1/chat", {"user_message": "Hi"}, format="json")
+
+    assert (conflict.status_code, conflict.json()["error_code"]) == (502, "upstream_error")
+    assert (timeout.status_code, timeout.json()["error_code"]) == (504, "upstream_timeout")

@@ -289,3 +289,20 @@ def test_a_message_too_long_is_refused_with_the_limit_filled_in(alice: Persona, 
     assert english.json()["error"]["details"]["messages"] == {"0": ["A message may have at most 10 characters."]}
     assert "10" in korean.json()["error"]["details"]["messages"]["0"][0]
     assert "%(limit)d" not in korean.json()["error"]["details"]["messages"]["0"][0]
+
+
+@pytest.mark.e2e
+def test_a_key_without_restrictions_lists_and_retrieves_what_its_upstream_serves(
+    upstream_server: Served, upstream: FakeUpstream
+) -> None:
+    """The server's default first, then upstream's own list: each can be retrieved, as it can be
+    chatted with; a model upstream does not list is still 404."""
+    upstream.models = ["gpt-4o-mini", "gpt-4.1", "o3-mini"]
+    client = sdk(upstream_server)
+
+    listed = [model.id for model in client.models.list()]
+
+    assert listed == ["gpt-4o-mini", "gpt-4.1", "o3-mini"]
+    assert client.models.retrieve("o3-mini").id == "o3-mini"
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("no-such-model")

@@ -213,3 +213,17 @@ def test_tool_results_of_the_new_turn_always_bring_the_call_they_answer() -> Non
     assert [message["role"] for message in prompt.messages] == ["user", "assistant", "tool"]
     assert prompt.messages[1]["tool_calls"] == CALL
     assert prompt.prompt_tokens == tokens.count_prompt_tokens(prompt.messages, model=MODEL)
+
+
+def test_history_stops_at_the_image_that_would_pass_the_image_bytes_a_turn_may_replay(settings) -> None:
+    settings.CHAT_MAX_PROMPT_IMAGE_BYTES = 5_000_000
+    image = {"type": "image", "sha256": "ab" * 32, "media_type": "image/png", "detail": "low", "width": 4,
+             "height": 4, "bytes": 3_000_000}
+    older, newer = (stored_message("user", "Look", n, parts=[{"type": "text", "text": "Look"}, image]) for n in (1, 2))
+
+    prompt = build_prompt(
+        model=MODEL, max_tokens=100, system_prompt="", memory_facts=[], history_newest_first=[newer, older],
+        image_urls_for=lambda hashes: {sha: "data:image/png;base64,AAAA" for sha in hashes}, **new("Again?"),
+    )
+
+    assert prompt.history_used == 1 and prompt.history_truncated

@@ -173,3 +173,20 @@ def test_two_sweeps_of_the_same_dead_turn_count_it_once(alice: Persona) -> None:
     assert UsageDaily.objects.get().requests == 1
     assert UsageDaily.objects.get().total_tokens == record.total_tokens
     assert ChatSession.objects.get().prompt_tokens_total == record.prompt_tokens
+
+
+def test_the_sweep_fails_only_the_dead_turns_messages_not_those_of_the_turn_that_took_its_lease(
+    alice: Persona,
+) -> None:
+    first = chat_turn_begin(api_key=alice.api_key, turn=ChatTurnInput(session_id="sw", user_message="first question"))
+    dead = timezone.now() - timedelta(seconds=600)
+    UsageRecord.objects.filter(pk=first.usage_record.pk).update(heartbeat_at=dead)
+    ChatSession.objects.filter(pk=first.session_pk).update(turn_heartbeat_at=dead, turn_started_at=dead)
+    # Another turn takes the dead lease before the sweep runs, and waits on upstream.
+    chat_turn_begin(api_key=alice.api_key, turn=ChatTurnInput(session_id="sw", user_message="second question"))
+
+    assert turns_interrupted_close() == 1
+
+    assert list(Message.objects.order_by("id").values_list("content", "status")) == [
+        ("first question", "failed"), ("second question", "pending"),
+    ]
