@@ -198,3 +198,21 @@ class ToolResultsMismatch(ApiError):
 
     error_code = "tool_results_mismatch"
     default_message = _("The tool results do not answer the tool calls of the session's last answer.")
+
+
+class ResponseNotFound(ApiError):
+    status_code = status.HTTP_404_NOT_FOUND
+    error_code = "response_not_found"
+    default_message = _("No stored response with this id exists for your API key.")
+
+
+class ConversationNotFound(ApiError):
+    status_code = status.HTTP_404_NOT_FOUND
+    error_code = "conversation_not_found"
+    default_message = _("No conversation with this id exists for your API key.")
+
+
+class ItemNotFound(ApiError):
+    status_code = status.HTTP_404_NOT_FOUND
+    error_code = "item_not_found"
+    default_message = _("No item with this id is in the conversation.")

@@ -28,7 +28,7 @@ from chat.exceptions import SessionNotFound
 from chat.keys.services import playground_key_for
 from chat.models import ApiKey, UsageDailyTotal
 from chat.sessions import selectors as session_selectors
-from chat.turns.steps import DEFAULT_TEMPERATURE
+from chat.turns.inputs import DEFAULT_TEMPERATURE
 from chat.upstreams.selectors import model_default_for, models_usable_by
 from chat.usage import charts
 from chat.usage.selectors import usage_failures_recent, usage_overview

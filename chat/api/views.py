@@ -42,7 +42,7 @@ from chat.sessions import selectors as session_selectors
 from chat.sessions import services as session_services
 from chat.sessions.images import image_get
 from chat.turns import run
-from chat.turns.steps import ChatTurnInput, NewMessage
+from chat.turns.inputs import ChatTurnInput, NewMessage
 from chat.upstreams.choice import upstream_choose
 from chat.usage import selectors as usage_selectors
 from llmserver.http.handlers import api_exception_handler

@@ -15,12 +15,12 @@ from chat.models.keys import (
     UpstreamCredential,
     default_scopes,
 )
+from chat.models.responses import Response
 from chat.models.sessions import ChatSession, Message, StoredImage
 from chat.models.usage import LimitCounter, ModelPrice, UsageCounts, UsageDaily, UsageDailyTotal, UsageRecord
 
 __all__ = [
     "MAX_MONTHLY_BUDGET_USD", "MAX_REQUESTS_PER_MINUTE", "MAX_TOKENS_PER_DAY", "ApiKey", "ApiKeyEvent", "ChatSession",
-    "IdempotentRequest", "LimitCounter", "Message", "ModelPrice", "StoredImage", "UpstreamCredential", "UsageCounts",
-    "UsageDaily",
-    "UsageDailyTotal", "UsageRecord", "default_scopes",
+    "IdempotentRequest", "LimitCounter", "Message", "ModelPrice", "Response", "StoredImage", "UpstreamCredential",
+    "UsageCounts", "UsageDaily", "UsageDailyTotal", "UsageRecord", "default_scopes",
 ]

@@ -18,6 +18,8 @@ class ChatSession(models.Model):
     model = models.CharField(max_length=200)
     # Pinned memory facts, sent as one "Memory:" system message on every turn.
     memory_facts = models.JSONField(default=list, blank=True)
+    # A client's own key-value pairs (the Conversations API's `metadata`).
+    metadata = models.JSONField(default=dict, blank=True)
     prompt_tokens_total = models.BigIntegerField(default=0)
     completion_tokens_total = models.BigIntegerField(default=0)
     # The turn lease (chat/sessions/lease.py). Set while a turn waits on upstream: a second turn on

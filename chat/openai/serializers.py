@@ -1,5 +1,6 @@
 """OpenAI's chat completion request, as far as this server supports it, and its model object."""
 
+import copy
 from typing import Any
 
 from django.conf import settings
@@ -15,8 +16,8 @@ from chat.sessions.content import (
     image_input,
     parts_text,
 )
+from chat.turns.inputs import NewMessage
 from chat.turns.options import ResponseFormatField, ToolChoiceField, tools_field
-from chat.turns.steps import NewMessage
 from llmserver.http.fields import (
     StrictBooleanField,
     StrictCharField,
@@ -207,6 +208,10 @@ class MetadataField(serializers.DictField):
         return values
 
 
+# The fields with a default or required: built whatever a request sends.
+ALWAYS_BUILT = ("model", "messages", "stream")
+
+
 class ChatCompletionRequestSerializer(serializers.Serializer):
     """OpenAI's chat completion request, as far as this server supports it. Parameters it does not
     support (audio, modalities, functions, …) are refused by name rather than ignored."""
@@ -240,6 +245,16 @@ class ChatCompletionRequestSerializer(serializers.Serializer):
     frequency_penalty = StrictFloatField(required=False, min_value=-2.0, max_value=2.0)
     seed = StrictIntegerField(required=False)
     user = StrictCharField(required=False, max_length=256)
+
+    def get_fields(self) -> dict[str, serializers.Field]:
+        """Only the fields a request sends are built (and those with a default): every completion
+        builds its serializer's fields, and the thirty it could send cost as much as the rest of its
+        validation."""
+        data = getattr(self, "initial_data", None)
+        if not isinstance(data, dict):
+            return super().get_fields()
+        return {name: copy.deepcopy(field) for name, field in self._declared_fields.items()
+                if name in data or name in ALWAYS_BUILT}
 
     def to_internal_value(self, data: Any) -> dict[str, Any]:
         """Refuses unsupported parameters together with any other field's error, all named (in

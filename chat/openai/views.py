@@ -25,7 +25,7 @@ from chat.openai.serializers import ChatCompletionRequestSerializer, OpenAIModel
 from chat.openai.wire import OPENAI_ERROR, chat_completion, completion_chunks, model_object
 from chat.sessions.ids import session_id_validator
 from chat.turns import run
-from chat.turns.steps import ChatTurnInput, NewMessage, StatelessTurnInput
+from chat.turns.inputs import ChatTurnInput, NewMessage, StatelessTurnInput, resent_conversation
 from chat.upstreams.choice import upstream_choose
 from chat.upstreams.selectors import models_usable_by
 from llmserver.http.errors import InvalidInput
@@ -76,17 +76,9 @@ def _session_turn(
             _("With X-Session-Id a turn has one answer: n must be 1 (the session keeps one conversation)."),
             details={"n": [_("n must be 1 with X-Session-Id.")]},
         )
-    persona = "\n\n".join(m.content for m in messages if m.role == "system")
-    conversation = [m for m in messages if m.role != "system"]
-    new_start = len(conversation)
-    if new_start and conversation[-1].role == "user":
-        new_start -= 1
-    while new_start > 0 and conversation[new_start - 1].role == "tool":
-        new_start -= 1
-    new, earlier = conversation[new_start:], conversation[:new_start]
-    user = new[-1] if new and new[-1].role == "user" else None
-    results = tuple(message for message in new if message.role == "tool")
-    if not new:
+    resent = resent_conversation(messages)
+    user = resent.user
+    if resent.empty:
         raise InvalidInput(
             _("With X-Session-Id the last message must be the user's new message, or the results of the tool calls."),
             details={"messages": [_("The last message must have role 'user' or 'tool'.")]},
@@ -97,13 +89,13 @@ def _session_turn(
         user_message=user.content if user else "",
         user_parts=user.parts if user else None,
         user_name=user.name if user else "",
-        tool_results=results,
+        tool_results=resent.results,
         session_id=session_id,
-        system_prompt=persona,
+        system_prompt=resent.persona,
         model=data["model"],
         max_tokens=max_tokens,
         temperature=temperature,
-        conversation_history=list(earlier),
+        conversation_history=list(resent.earlier),
         history_resent=True,
         options=_passed_through(data),
     )

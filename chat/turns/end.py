@@ -13,10 +13,11 @@ from django.utils.translation import gettext as _
 
 from chat import tokens
 from chat.exceptions import SessionNotFound
-from chat.models import Message, UsageRecord
+from chat.models import Message, Response, UsageRecord
 from chat.providers import Completion
 from chat.sessions import content
 from chat.turns import sql
+from chat.turns.responses import response_end
 from chat.turns.steps import PreparedTurn
 from chat.usage.services import usage_close, usage_discard, usage_heartbeat
 from llmserver import db
@@ -97,6 +98,13 @@ def chat_turn_complete(
         if session_exists:
             sql.messages_set_status(message_ids=turn.new_message_ids, status=status, error_code=cut_short_by)
             db.insert(answer)
+            if turn.response_pk is not None:
+                response_end(
+                    response_pk=turn.response_pk,
+                    status=Response.Status.INCOMPLETE if cut_short_by else Response.Status.COMPLETED,
+                    output_message_id=answer.pk, model=completion.model, input_tokens=completion.prompt_tokens,
+                    output_tokens=completion.completion_tokens, error_code=cut_short_by,
+                )
         # Last: the roll-ups and the key's limit counters are rows every turn of the key (or of
         # the model) updates, and each turn holds their locks from its UPDATE until it commits.
         # Written first, they made a key's concurrent turns wait for the rest of each other's
@@ -142,6 +150,12 @@ def chat_turn_fail(
             sql.messages_set_status(
                 message_ids=turn.new_message_ids, status=Message.Status.FAILED, error_code=error_code
             )
+            if turn.response_pk is not None:
+                response_end(
+                    response_pk=turn.response_pk, status=Response.Status.FAILED, error_code=error_code,
+                    input_tokens=completion.prompt_tokens if completion else 0,
+                    output_tokens=completion.completion_tokens if completion else 0,
+                )
         if not _close_usage(turn=turn, completion=completion, latency_ms=latency_ms, outcome=outcome,
                             error_code=error_code, session_exists=session_exists):
             transaction.set_rollback(True)
@@ -157,6 +171,8 @@ def chat_turn_discard(*, turn: PreparedTurn, error_code: str) -> None:
             sql.messages_set_status(
                 message_ids=turn.new_message_ids, status=Message.Status.FAILED, error_code=error_code
             )
+            if turn.response_pk is not None:
+                response_end(response_pk=turn.response_pk, status=Response.Status.FAILED, error_code=error_code)
         usage_discard(record=turn.usage_record, reservations=list(turn.reservations))
 
 

@@ -17,16 +17,16 @@ def history_newest_first(
     a page at a time (index chat_message_history_idx). Failed, pending and incomplete messages are
     never replayed.
     """
-    parts_of, tool_calls_of = sql.json_field(Message, "parts"), sql.json_field(Message, "tool_calls")
+    read_json = sql.json_field(Message, "parts")
     while True:
         rows = sql.history_page(
             session_pk=session_pk, status=Message.Status.COMPLETE, before_id=before_id, size=page_size
         )
         for message_id, role, content, token_count, token_encoding, parts, tool_calls, tool_call_id, name in rows:
             yield HistoryMessage(
-                message_id=message_id, role=role, content=content, token_count=token_count,
-                token_encoding=token_encoding, parts=parts_of(parts), tool_calls=tool_calls_of(tool_calls),
-                tool_call_id=tool_call_id, name=name,
+                message_id, role, content, token_count, token_encoding,
+                None if parts is None else read_json(parts), None if tool_calls is None else read_json(tool_calls),
+                tool_call_id, name,
             )
             before_id = message_id
         if len(rows) < page_size:

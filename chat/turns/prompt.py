@@ -94,7 +94,7 @@ def _too_long(message: str, *, needed: int, model: str, window: int, max_tokens:
     )
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class HistoryMessage:
     """A stored message as the prompt builder needs it (chat/sessions/content.py says what the
     fields beyond the text hold)."""
@@ -110,6 +110,11 @@ class HistoryMessage:
     tool_call_id: str = ""
     name: str = ""
 
+    @property
+    def plain(self) -> bool:
+        """A text message and nothing more: what every message was before tools and images."""
+        return self.parts is None and self.tool_calls is None and not self.tool_call_id and not self.name
+
     def tokens_for(self, model: str) -> int:
         return content.message_tokens(
             role=self.role, content=self.content, model=model, parts=self.parts, tool_calls=self.tool_calls,
@@ -117,7 +122,7 @@ class HistoryMessage:
         )
 
     def upstream(self, image_urls: dict[str, str]) -> dict[str, Any]:
-        if self.parts is None and not self.tool_calls and not self.tool_call_id and not self.name:
+        if self.plain:
             return {"role": self.role, "content": self.content}
         return content.upstream_message(
             role=self.role, content=self.content, parts=self.parts, tool_calls=self.tool_calls,
@@ -174,13 +179,17 @@ def fixed_prompt(
 
 def _replayable_units(
     history_newest_first: Iterable[HistoryMessage],
-) -> Iterator[list[HistoryMessage]]:
-    """The history in the units it is replayed by, newest first: a message alone, or an assistant's
-    tool calls with the results that answer them (in stored order), never one without the other.
-    Tool results whose call is not in the history (it failed, or was cut short), and tool calls
-    that were never answered (the client went on with a new message instead), are left out."""
+) -> Iterator[HistoryMessage | list[HistoryMessage]]:
+    """The history in the units it is replayed by, newest first: a message alone (yielded as it is,
+    not in a list: the common case stays cheap), or an assistant's tool calls with the results that
+    answer them (a list, in stored order), never one without the other. Tool results whose call is
+    not in the history (it failed, or was cut short), and tool calls that were never answered (the
+    client went on with a new message instead), are left out."""
     results: list[HistoryMessage] = []
     for message in history_newest_first:
+        if message.plain and not results:
+            yield message
+            continue
         if message.role == "tool":
             results.append(message)
             continue
@@ -193,7 +202,7 @@ def _replayable_units(
             results = []
         if message.tool_calls:
             continue
-        yield [message]
+        yield message
 
 
 def build_prompt(
@@ -204,6 +213,7 @@ def build_prompt(
     memory_facts: list[str],
     history_newest_first: Iterable[HistoryMessage],
     new_messages: list[dict[str, Any]],
+    instructions: str = "",
     new_messages_tokens: int,
     answered_calls: HistoryMessage | None = None,
     tools_tokens: int = 0,
@@ -216,7 +226,7 @@ def build_prompt(
     results answering `answered_calls`, the stored assistant message whose calls they answer, which
     is then always sent with them), and their tokens under `model`. `tools_tokens`: the tokens of
     the request's tool definitions. `image_urls_for`: the data URLs of stored images, by hash, for
-    the images of the history chosen.
+    the images of the history chosen. `instructions`: a system message for this turn only, first.
 
     Raises MaxTokensTooLarge over the model's ceiling, ContextTooLong when the persona, memory and
     new messages alone exceed the budget.
@@ -226,6 +236,8 @@ def build_prompt(
     budget = window - max_tokens
 
     head: list[dict[str, Any]] = []
+    if instructions:
+        head.append({"role": "system", "content": instructions})
     if system_prompt:
         head.append({"role": "system", "content": system_prompt})
     if memory_facts:
@@ -262,7 +274,20 @@ def build_prompt(
     image_room = settings.CHAT_MAX_PROMPT_IMAGE_BYTES - content.stored_image_bytes(
         answered_calls.parts if answered_calls else None
     )
+    has_images = False
     for unit in _replayable_units(history_newest_first):
+        if unit.__class__ is HistoryMessage:
+            # A plain message alone (nearly every one): the same work as before tools existed.
+            size = unit.token_count if unit.token_encoding == encoding else size_of(unit)
+            image_bytes = 0 if unit.parts is None else content.stored_image_bytes(unit.parts)
+            if used + size > budget or image_bytes > image_room:
+                truncated = True
+                break
+            used += size
+            image_room -= image_bytes
+            has_images = has_images or unit.parts is not None
+            chosen.append(unit)
+            continue
         size = sum(size_of(message) for message in unit)
         image_bytes = sum(content.stored_image_bytes(message.parts) for message in unit)
         if used + size > budget or image_bytes > image_room:
@@ -270,13 +295,19 @@ def build_prompt(
             break
         used += size
         image_room -= image_bytes
+        has_images = has_images or any(message.parts is not None for message in unit)
         chosen.extend(reversed(unit))
     chosen.reverse()
     if answered_calls is not None:
         chosen.append(answered_calls)
-    hashes = [sha for message in chosen for sha in content.stored_image_hashes(message.parts)]
-    image_urls = image_urls_for(hashes) if hashes else {}
-    history = [message.upstream(image_urls) for message in chosen]
+    image_urls: dict[str, str] = {}
+    if has_images or (answered_calls is not None and answered_calls.parts is not None):
+        hashes = [sha for message in chosen for sha in content.stored_image_hashes(message.parts)]
+        image_urls = image_urls_for(hashes) if hashes else {}
+    history = [
+        {"role": message.role, "content": message.content} if message.plain else message.upstream(image_urls)
+        for message in chosen
+    ]
     return Prompt(
         messages=[*head, *history, *new_messages],
         prompt_tokens=used,

@@ -33,7 +33,8 @@ from chat.models import ApiKey, Message, UsageRecord
 from chat.providers import Completion, StreamDelta
 from chat.sessions.lease import heartbeat_interval_seconds, upstream_deadline_seconds
 from chat.turns import end, metrics, steps
-from chat.turns.steps import ChatTurnInput, PreparedTurn, StatelessTurnInput
+from chat.turns.inputs import ChatTurnInput, StatelessTurnInput
+from chat.turns.steps import PreparedTurn
 from chat.upstreams.choice import UpstreamChoice, upstream_confirm
 from chat.upstreams.selectors import model_check
 from llmserver.db import in_thread, unavailable

@@ -23,109 +23,24 @@ from chat import tokens
 from chat.exceptions import SessionBusy, ToolResultsMismatch
 from chat.models import ApiKey, ChatSession, Message, UsageRecord
 from chat.providers import CompletionRequest
-from chat.sessions import content
-from chat.sessions.content import ContentPart, ImageInput
 from chat.sessions.ids import new_session_public_id
 from chat.sessions.images import image_data_urls, images_store
 from chat.sessions.lease import lease_dead_before
 from chat.sessions.selectors import session_has_messages
 from chat.sessions.services import merge_memory, title_from
-from chat.turns import sql
+from chat.turns import responses, sql
 from chat.turns.history import history_newest_first, last_answer
+from chat.turns.inputs import (
+    DEFAULT_MAX_TOKENS,
+    ChatTurnInput,
+    NewMessage,
+    StatelessTurnInput,
+)
 from chat.turns.prompt import HistoryMessage, Prompt, build_prompt, fixed_prompt, max_output_tokens_for_model
 from chat.upstreams.selectors import model_check, model_default_for
 from chat.usage import limits
 from chat.usage.services import usage_begin
 from llmserver import db
-
-# The original contract's defaults (POST /api/v1/chat); the API's serializer takes them from here.
-DEFAULT_MAX_TOKENS = 1000
-DEFAULT_TEMPERATURE = 0.7
-
-
-@dataclass(frozen=True)
-class NewMessage:
-    """A message a client sends to be stored (chat/sessions/content.py): a user's message, a tool's
-    result, or an earlier message imported into a new session. Already checked."""
-
-    role: str
-    content: str
-    # Texts and images, when the message is more than one text.
-    parts: tuple[ContentPart, ...] | None = None
-    tool_calls: list[dict[str, Any]] | None = None
-    tool_call_id: str = ""
-    name: str = ""
-
-    @property
-    def stored_parts(self) -> list[dict[str, Any]] | None:
-        return None if self.parts is None else content.stored_parts(list(self.parts))
-
-    def tokens_for(self, model: str) -> int:
-        return content.message_tokens(
-            role=self.role, content=self.content, model=model, parts=self.stored_parts, tool_calls=self.tool_calls,
-            tool_call_id=self.tool_call_id, name=self.name,
-        )
-
-    def upstream(self) -> dict[str, Any]:
-        """In OpenAI's format, its images as the data URLs they came as."""
-        image_urls = {part.sha256: content.data_url(part.media_type, part.data)
-                      for part in self.parts or () if isinstance(part, ImageInput) and not part.url}
-        return content.upstream_message(
-            role=self.role, content=self.content, parts=self.stored_parts, tool_calls=self.tool_calls,
-            tool_call_id=self.tool_call_id, name=self.name, image_urls=image_urls,
-        )
-
-    @property
-    def images(self) -> list[ImageInput]:
-        return [part for part in self.parts or () if isinstance(part, ImageInput)]
-
-
-@dataclass(frozen=True)
-class ChatTurnInput:
-    """One turn as the client asked for it (the original `ChatRequest` contract, extended)."""
-
-    user_message: str = ""
-    session_id: str = ""
-    system_prompt: str = ""
-    model: str = ""
-    # None: none is sent upstream (the model writes as much as it will); the limits then reserve
-    # what the model can write at most.
-    max_tokens: int | None = DEFAULT_MAX_TOKENS
-    temperature: float = DEFAULT_TEMPERATURE
-    memory_context: list[str] = field(default_factory=list)
-    # Earlier turns as (role, content) or as whole messages, imported only into a session with no
-    # messages yet.
-    conversation_history: list[tuple[str, str] | NewMessage] = field(default_factory=list)
-    # Further parameters passed upstream as they are (the OpenAI-compatible endpoint's top_p, stop,
-    # seed, tools, response_format, …); already validated.
-    options: dict[str, Any] = field(default_factory=dict)
-    # The user's message as texts and images, when it is more than `user_message`'s text.
-    user_parts: tuple[ContentPart, ...] | None = None
-    user_name: str = ""
-    # The results of the tool calls of the session's last answer: instead of a user's message, or
-    # before it (a client that answers the calls and asks on in one request).
-    tool_results: tuple[NewMessage, ...] = ()
-    # The client sends its whole conversation every time (the OpenAI-compatible API's clients, agent
-    # frameworks): earlier messages ignored for a session with history are expected, not warned of.
-    history_resent: bool = False
-
-    def new_messages(self) -> list[NewMessage]:
-        if self.tool_results and not (self.user_message or self.user_parts):
-            return list(self.tool_results)
-        user = NewMessage(role="user", content=self.user_message, parts=self.user_parts, name=self.user_name)
-        return [*self.tool_results, user]
-
-
-@dataclass(frozen=True)
-class StatelessTurnInput:
-    """A call that keeps no conversation (the OpenAI-compatible endpoint without X-Session-Id):
-    the client sends the whole prompt, nothing is stored but the call's usage."""
-
-    messages: list[dict[str, Any]]
-    model: str = ""
-    max_tokens: int | None = DEFAULT_MAX_TOKENS
-    temperature: float = DEFAULT_TEMPERATURE
-    options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -154,6 +69,8 @@ class PreparedTurn:
     reservations: tuple[limits.Reservation, ...] = ()
     options: dict[str, Any] = field(default_factory=dict)
     new_message_ids: tuple[int, ...] = ()
+    # The Responses API's row for this turn, when the turn is a response.
+    response_pk: int | None = None
 
     @property
     def stateless(self) -> bool:
@@ -284,6 +201,11 @@ def chat_turn_begin(
     warnings: list[str] = []
     with transaction.atomic():
         session = _session_leased(api_key=api_key, turn=turn, now=now, key_source=key_source)
+        if turn.response is not None and turn.response.fork_session_pk is not None:
+            responses.session_fork_history(
+                source_session_pk=turn.response.fork_session_pk,
+                through_message_id=turn.response.fork_through_message_id, target_session_pk=session.pk,
+            )
 
         changed: list[str] = []
         if turn.system_prompt and turn.system_prompt != session.system_prompt:
@@ -338,6 +260,7 @@ def chat_turn_begin(
             model=session.model,
             max_tokens=window_room,
             system_prompt=session.system_prompt,
+            instructions=turn.instructions,
             memory_facts=session.memory_facts,
             history_newest_first=history_newest_first(
                 session_pk=session.pk, before_id=answered_calls.message_id if answered_calls else None
@@ -368,6 +291,12 @@ def chat_turn_begin(
             api_key_id=api_key.pk, session_pk=session.pk, user_message_id=stored[0], model=session.model,
             prompt_tokens=prompt.prompt_tokens, key_source=key_source, reservations=reservations, now=now,
         )
+        response_pk = None
+        if turn.response is not None:
+            response_pk = responses.response_begin(
+                api_key_id=api_key.pk, session_pk=session.pk, start=turn.response, first_message_id=stored[0],
+                model=session.model, now=now,
+            )
     return PreparedTurn(
         api_key_id=api_key.pk,
         session_pk=session.pk,
@@ -384,6 +313,7 @@ def chat_turn_begin(
         key_source=key_source,
         reservations=tuple(reservations),
         options=turn.options,
+        response_pk=response_pk,
     )
 
 

@@ -9,7 +9,8 @@ from chat.exceptions import SessionBusy
 from chat.models import ChatSession
 from chat.sessions import lease
 from chat.turns.end import chat_turn_renew
-from chat.turns.steps import ChatTurnInput, chat_turn_begin
+from chat.turns.inputs import ChatTurnInput
+from chat.turns.steps import chat_turn_begin
 from tests.support.personas import Persona
 
 

@@ -25,8 +25,9 @@ from chat.sessions import lease
 from chat.tokens import count_message_tokens
 from chat.turns import sql
 from chat.turns.end import chat_turn_complete, chat_turn_fail
+from chat.turns.inputs import ChatTurnInput
 from chat.turns.run import chat_turn_run
-from chat.turns.steps import ChatTurnInput, chat_turn_begin
+from chat.turns.steps import chat_turn_begin
 from chat.upstreams.choice import UpstreamChoice
 from chat.upstreams.selectors import model_check, models_usable_by
 from chat.upstreams.services import upstream_credential_save

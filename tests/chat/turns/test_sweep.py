@@ -13,7 +13,8 @@ from django.utils import timezone
 from chat.models import ApiKey, ChatSession, LimitCounter, Message, UsageDaily, UsageRecord
 from chat.providers import Completion
 from chat.turns.end import chat_turn_complete, chat_turn_renew
-from chat.turns.steps import ChatTurnInput, StatelessTurnInput, chat_turn_begin, stateless_turn_begin
+from chat.turns.inputs import ChatTurnInput, StatelessTurnInput
+from chat.turns.steps import chat_turn_begin, stateless_turn_begin
 from chat.turns.sweep import turns_interrupted_close
 from chat.usage.services import usage_interrupt
 from tests.support.personas import Persona, run_command
