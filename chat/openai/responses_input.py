@@ -13,7 +13,7 @@ from django.utils.translation import gettext_lazy as _
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from chat.openai.serializers import MetadataField
+from chat.openai.serializers import MetadataField, RefusingUnknownParameters
 from chat.sessions.content import ContentInvalid, ContentPart, ImageInput, image_input, parts_text
 from chat.turns.inputs import NewMessage
 from chat.turns.options import FUNCTION_NAME
@@ -199,7 +199,7 @@ class ConversationField(serializers.Field):
         return value
 
 
-class ResponseRequestSerializer(serializers.Serializer):
+class ResponseRequestSerializer(RefusingUnknownParameters):
     model = StrictCharField(required=False, allow_blank=True, default="", max_length=200)
     input = InputField()
     instructions = StrictCharField(required=False, allow_null=True, allow_blank=True, trim_whitespace=False,
@@ -219,21 +219,10 @@ class ResponseRequestSerializer(serializers.Serializer):
     truncation = serializers.ChoiceField(choices=["auto", "disabled"], required=False, allow_null=True)
     user = StrictCharField(required=False, max_length=256)
 
+    accepted_and_ignored = ACCEPTED_AND_IGNORED
+
     def to_internal_value(self, data: Any) -> dict[str, Any]:
-        """Refuses unsupported parameters by name, with the other fields' errors."""
-        known = {*self.fields, *ACCEPTED_AND_IGNORED}
-        unsupported = {
-            name: [_("This server does not support this parameter.")]
-            for name in sorted(set(data) - known if isinstance(data, dict) else ())
-        }
-        try:
-            values = super().to_internal_value(data)
-        except serializers.ValidationError as error:
-            if isinstance(error.detail, dict):
-                raise serializers.ValidationError({**error.detail, **unsupported}) from None
-            raise
-        if unsupported:
-            raise serializers.ValidationError(unsupported)
+        values = super().to_internal_value(data)
         if values.get("previous_response_id") and values.get("conversation"):
             raise serializers.ValidationError({"conversation": [
                 _("Send previous_response_id or conversation, not both.")

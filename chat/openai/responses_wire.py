@@ -31,9 +31,6 @@ def echoed(data: dict[str, Any]) -> dict[str, Any]:
     return {name: data[name] if data.get(name) is not None else ECHO_DEFAULTS[name] for name in ECHOED}
 
 
-def _echo(request: dict[str, Any]) -> dict[str, Any]:
-    return {name: request.get(name, ECHO_DEFAULTS[name]) for name in ECHOED}
-
 
 @dataclass
 class ResponseView:
@@ -53,13 +50,10 @@ class ResponseView:
     conversation_id: str | None = None
     error: dict[str, str] | None = None
 
-    def items(self, *, done: bool = True) -> list[dict[str, Any]]:
-        status = "completed" if done else "in_progress"
-        found: list[dict[str, Any]] = []
-        if self.text or not self.tool_calls:
-            found.append(message_item(self.public_id, self.text, status))
-        found += [function_call_item(self.public_id, n, call, status) for n, call in enumerate(self.tool_calls)]
-        return found if self.text or self.tool_calls else []
+    def items(self) -> list[dict[str, Any]]:
+        """The output: the answer's text as a message item (when it wrote any), then its calls."""
+        found = [message_item(self.public_id, self.text)] if self.text else []
+        return found + [function_call_item(self.public_id, n, call) for n, call in enumerate(self.tool_calls)]
 
     def body(self) -> dict[str, Any]:
         return {
@@ -74,7 +68,7 @@ class ResponseView:
             },
             "previous_response_id": self.previous_response_id,
             "conversation": {"id": self.conversation_id} if self.conversation_id else None,
-            "background": False, **_echo(self.request),
+            "background": False, **echoed(self.request),
         }
 
 

@@ -212,7 +212,31 @@ class MetadataField(serializers.DictField):
 ALWAYS_BUILT = ("model", "messages", "stream")
 
 
-class ChatCompletionRequestSerializer(serializers.Serializer):
+class RefusingUnknownParameters(serializers.Serializer):
+    """An OpenAI request: parameters this server does not support are refused by name rather than
+    ignored, together with any other field's error (and in the error's message: the SDKs show only
+    the message). `accepted_and_ignored`: parameters taken that change nothing here."""
+
+    accepted_and_ignored: tuple[str, ...] = ()
+
+    def to_internal_value(self, data: Any) -> dict[str, Any]:
+        known = {*self.fields, *self.accepted_and_ignored}
+        unsupported = {
+            name: [_("This server does not support this parameter.")]
+            for name in sorted(set(data) - known if isinstance(data, dict) else ())
+        }
+        try:
+            values = super().to_internal_value(data)
+        except serializers.ValidationError as error:
+            if isinstance(error.detail, dict):
+                raise serializers.ValidationError({**error.detail, **unsupported}) from None
+            raise
+        if unsupported:
+            raise serializers.ValidationError(unsupported)
+        return values
+
+
+class ChatCompletionRequestSerializer(RefusingUnknownParameters):
     """OpenAI's chat completion request, as far as this server supports it. Parameters it does not
     support (audio, modalities, functions, …) are refused by name rather than ignored."""
 
@@ -256,22 +280,6 @@ class ChatCompletionRequestSerializer(serializers.Serializer):
         return {name: copy.deepcopy(field) for name, field in self._declared_fields.items()
                 if name in data or name in ALWAYS_BUILT}
 
-    def to_internal_value(self, data: Any) -> dict[str, Any]:
-        """Refuses unsupported parameters together with any other field's error, all named (in
-        the error's message too: the SDKs show only the message)."""
-        unsupported = {
-            name: [_("This server does not support this parameter.")]
-            for name in sorted(set(data) - set(self.fields) if isinstance(data, dict) else ())
-        }
-        try:
-            values = super().to_internal_value(data)
-        except serializers.ValidationError as error:
-            if isinstance(error.detail, dict):
-                raise serializers.ValidationError({**error.detail, **unsupported}) from None
-            raise
-        if unsupported:
-            raise serializers.ValidationError(unsupported)
-        return values
 
 
 class OpenAIModelSerializer(serializers.Serializer):
